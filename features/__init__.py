@@ -1,1 +1,39 @@
-"""Flywheel features."""
+"""Flywheel features: sessions, derived session features, rules, flagged messages.
+
+Pure Python: no PyFlink, no I/O (except reading a rule file on request).
+"""
+
+from features.columns import (
+    COLUMN_TYPES,
+    FEATURE_COLUMNS,
+    NULLABLE_COLUMNS,
+    PARQUET_SCHEMA_FIELDS,
+)
+from features.compute import SessionFeatures, compute_features
+from features.config import DEFAULT_CORRECTION_MARKERS, FeatureConfig
+from features.flagged import build_flagged_message
+from features.rules import Rule, RuleError, RuleSet
+from features.sessions import dedup_and_order, order_key, split_ordered, split_sessions
+from features.text import CorrectionMatcher, has_correction_marker, normalize_text
+
+__all__ = [
+    "COLUMN_TYPES",
+    "DEFAULT_CORRECTION_MARKERS",
+    "FEATURE_COLUMNS",
+    "NULLABLE_COLUMNS",
+    "PARQUET_SCHEMA_FIELDS",
+    "CorrectionMatcher",
+    "FeatureConfig",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "SessionFeatures",
+    "build_flagged_message",
+    "compute_features",
+    "dedup_and_order",
+    "has_correction_marker",
+    "normalize_text",
+    "order_key",
+    "split_ordered",
+    "split_sessions",
+]
