@@ -31,6 +31,7 @@ from features.columns import COLUMN_TYPES, NULLABLE_COLUMNS, RULE_OUTPUT_COLUMNS
 
 RULE_ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 MAX_EXPRESSION_CHARS = 4096
+MAX_NESTING = 50
 
 
 class RuleError(ValueError):
@@ -123,6 +124,8 @@ def _tokenize(expression: str, rule_id: str) -> list[_Token]:
                 raise RuleError(rule_id, f"dunder names are not allowed: {text!r}")
             elif text in _FORBIDDEN_WORDS:
                 raise RuleError(rule_id, f"{text!r} is not part of the rule language")
+            elif expression[match.end() :].lstrip().startswith("("):
+                raise RuleError(rule_id, f"function calls are not allowed: {text}(...)")
         elif kind == "number" and match.end() < len(expression):
             following = expression[match.end()]
             if following.isalpha() or following == "_":
@@ -162,6 +165,7 @@ class _Parser:
         self.tokens = _tokenize(expression, rule_id)
         self.index = 0
         self.columns: set[str] = set()
+        self.depth = 0
 
     def error(self, message: str) -> RuleError:
         return RuleError(self.rule_id, message)
@@ -181,9 +185,14 @@ class _Parser:
         node = self.parse_or()
         token = self.current
         if token.kind != "end":
-            raise self.error(f"unexpected {token.text!r} at position {token.pos}")
+            raise self.unexpected(token)
         self.require_bool(node, "a rule")
         return node
+
+    def unexpected(self, token: _Token) -> RuleError:
+        if token.kind == "minus":
+            return self.error(f"arithmetic is not supported ('-' at position {token.pos})")
+        return self.error(f"unexpected {token.text!r} at position {token.pos}")
 
     def require_bool(self, node: _Node, where: str) -> None:
         if node.kind != "bool":
@@ -212,7 +221,11 @@ class _Parser:
     def parse_not(self) -> _Node:
         if self.current.kind == "keyword" and self.current.text == "not":
             self.advance()
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.error(f"expression is nested too deeply (more than {MAX_NESTING})")
             operand = self.parse_not()
+            self.depth -= 1
             self.require_bool(operand, "'not'")
             return _Node("bool", _not(operand.evaluate))
         return self.parse_comparison()
@@ -235,7 +248,11 @@ class _Parser:
     def parse_operand(self) -> _Node:
         token = self.advance()
         if token.kind == "paren" and token.text == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.error(f"expression is nested too deeply (more than {MAX_NESTING})")
             node = self.parse_or()
+            self.depth -= 1
             closing = self.advance()
             if closing.kind != "paren" or closing.text != ")":
                 raise self.error(f"expected ')' at position {closing.pos}")
@@ -250,12 +267,10 @@ class _Parser:
         if token.kind == "bool":
             return _Node("bool", _constant(_BOOL_LITERALS[token.text]))
         if token.kind == "name":
-            if self.current.kind == "paren" and self.current.text == "(":
-                raise self.error(f"function calls are not allowed: {token.text}(...)")
             return self.column(token)
         if token.kind == "end":
             raise self.error("expression ends too early")
-        raise self.error(f"unexpected {token.text!r} at position {token.pos}")
+        raise self.unexpected(token)
 
     def column(self, token: _Token) -> _Node:
         name = token.text

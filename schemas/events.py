@@ -38,6 +38,9 @@ SUPPORTED_SCHEMA_VERSION: Final = 1
 MIN_TS_MS: Final = 946_684_800_000
 MAX_TS_MS_EXCLUSIVE: Final = 4_102_444_800_000
 
+# Integer fields are int64 (Parquet, Java); a larger JSON integer is out of range.
+MAX_INT64: Final = 2**63 - 1
+
 MAX_ID_CHARS: Final = 128
 MAX_TEXT_BYTES: Final = 32 * 1024
 
@@ -267,14 +270,17 @@ def _check_text(value: Any) -> _Problem:
     return None
 
 
-def _int_checker(minimum: int, maximum: int | None = None) -> _Checker:
-    bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+def _int_checker(minimum: int, maximum: int = MAX_INT64) -> _Checker:
+    bounds = f"{minimum}..{maximum}"
 
     def check(value: Any) -> _Problem:
         # bool is a subclass of int and 3.0 is a float: both are rejected.
         if type(value) is not int:
+            if type(value) is float and abs(value) > MAX_INT64 and value.is_integer():
+                # orjson decodes integers beyond 64 bits as floats: report the range.
+                return ("out_of_range", f"must be {bounds}, got {value:.0f}")
             return _expected("integer", value)
-        if value < minimum or (maximum is not None and value > maximum):
+        if value < minimum or value > maximum:
             return ("out_of_range", f"must be {bounds}, got {value}")
         return None
 

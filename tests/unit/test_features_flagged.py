@@ -1,0 +1,79 @@
+"""Flagged-session messages (contract section 5)."""
+
+from __future__ import annotations
+
+from features import FeatureConfig, RuleSet, build_flagged_message, compute_features
+from schemas import (
+    AssistantMessage,
+    CtaSent,
+    Event,
+    Feedback,
+    FsmState,
+    UserMessage,
+    validation_errors,
+)
+
+T0 = 1_700_000_000_000
+
+
+def env(n: int, at_ms: int, session_id: str = "s-1") -> dict[str, object]:
+    return {"event_id": f"e{n}", "session_id": session_id, "user_id": "u-1", "ts_ms": T0 + at_ms}
+
+
+def conversation() -> list[Event]:
+    return [
+        UserMessage(**env(1, 0), text="Do you have red shoes?", request_id="r1",
+                    predicted_intent="product_search", intent_confidence=0.42),
+        AssistantMessage(**env(2, 1_000), text="Here are blue shoes.", request_id="r1",
+                         model_version="m-7", response_time_ms=900),
+        FsmState(**env(3, 1_500), to_state="recommend"),
+        CtaSent(**env(4, 2_000), cta_id="c1"),
+        UserMessage(**env(5, 3_000), text="That's not what I asked", request_id="r2"),
+        Feedback(**env(6, 4_000), kind="rating", rating=1, request_id="r1",
+                 corrected_text="Red shoes, please", corrected_intent="product_search"),
+        Feedback(**env(7, 5_000), kind="thumbs_down"),
+    ]  # fmt: skip
+
+
+def test_flagged_message_shape_and_content() -> None:
+    events = conversation()
+    features = compute_features(events, FeatureConfig(), RuleSet.default())
+    assert features.flagged
+    message = build_flagged_message(list(reversed(events)) + events[:2], features)
+    assert validation_errors("flagged_session.v1", message) == []
+    assert list(message) == [
+        "session_id", "user_id", "session_start_ms", "session_end_ms", "reasons",
+        "features", "model_version", "transcript", "feedback",
+    ]  # fmt: skip
+    assert message["session_id"] == "s-1" and message["user_id"] == "u-1"
+    assert (message["session_start_ms"], message["session_end_ms"]) == (T0, T0 + 5_000)
+    assert message["reasons"] == [
+        "cta_ignored", "explicit_negative", "uncertain_and_corrected",
+    ]  # fmt: skip
+    assert message["features"] == features.to_row()
+    assert message["model_version"] == "m-7"
+    assert message["transcript"] == [
+        {"ts_ms": T0, "role": "user", "text": "Do you have red shoes?", "request_id": "r1",
+         "predicted_intent": "product_search", "intent_confidence": 0.42},
+        {"ts_ms": T0 + 1_000, "role": "assistant", "text": "Here are blue shoes.",
+         "request_id": "r1", "predicted_intent": None, "intent_confidence": None},
+        {"ts_ms": T0 + 3_000, "role": "user", "text": "That's not what I asked",
+         "request_id": "r2", "predicted_intent": None, "intent_confidence": None},
+    ]  # fmt: skip
+    assert message["feedback"] == [
+        {"request_id": "r1", "kind": "rating", "rating": 1,
+         "corrected_text": "Red shoes, please", "corrected_intent": "product_search"},
+        {"request_id": None, "kind": "thumbs_down", "rating": None, "corrected_text": None,
+         "corrected_intent": None},
+    ]  # fmt: skip
+
+
+def test_flagged_message_keeps_only_the_sessions_events() -> None:
+    events = conversation()
+    features = compute_features(events, FeatureConfig(), RuleSet.default())
+    later_session = UserMessage(**env(8, 2 * 3_600_000), text="new visit")
+    other_session = UserMessage(**env(9, 1_000, session_id="s-2"), text="someone else")
+    message = build_flagged_message([*events, later_session, other_session], features)
+    assert [t["text"] for t in message["transcript"]] == [
+        "Do you have red shoes?", "Here are blue shoes.", "That's not what I asked",
+    ]  # fmt: skip
