@@ -563,6 +563,11 @@ class EventProducer:
             self.flush(timeout)
         finally:
             self._closed = True
+            if len(self._producer):
+                # Whatever is left after the flush timeout was reported as not flushed;
+                # purge it so close() keeps its timeout and every future gets an outcome.
+                self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+                self._producer.flush(1.0)
             self._stop.set()
             self._poller.join()
             self._producer.close()
