@@ -6,7 +6,7 @@ import operator
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from features.columns import FEATURE_COLUMNS
@@ -72,14 +72,15 @@ class SessionFeatures:
 
     def to_row(self) -> dict[str, Any]:
         """Column -> value in column order (Parquet row, flagged "features"); reasons a list."""
-        row = dict(zip(FEATURE_COLUMNS, astuple(self), strict=True))
+        row = {name: getattr(self, name) for name in FEATURE_COLUMNS}
         row["reasons"] = list(self.reasons)
         return row
 
     def to_redis_hash(self) -> dict[str, str]:
         """Column -> string: bools "0"/"1", reasons comma-joined, null as ""."""
         out: dict[str, str] = {}
-        for name, value in zip(FEATURE_COLUMNS, astuple(self), strict=True):
+        for name in FEATURE_COLUMNS:
+            value = getattr(self, name)
             if value is None:
                 out[name] = ""
             elif isinstance(value, bool):

@@ -391,12 +391,13 @@ class RuleSet:
     def from_yaml(cls, source: str | os.PathLike[str]) -> RuleSet:
         """Rules from YAML text, or from a file when given a path.
 
-        A `str` is read as a path when it is one line ending in .yaml/.yml; otherwise as
-        YAML text. Accepted layouts: ``rules: [{id, expression, description?}, ...]``,
+        A `str` is read as a path when it is one line that ends in .yaml/.yml or names an
+        existing file; otherwise as YAML text. Accepted layouts: ``rules: [{id, expression, description?}, ...]``,
         ``rules: {id: expression, ...}``, or the bare list / mapping.
         """
         if isinstance(source, os.PathLike) or (
-            "\n" not in source and source.strip().endswith((".yaml", ".yml"))
+            "\n" not in source
+            and (source.strip().endswith((".yaml", ".yml")) or os.path.isfile(source))
         ):
             return cls.from_file(source)
         return cls.from_text(source)

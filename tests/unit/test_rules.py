@@ -212,6 +212,9 @@ def test_from_yaml_path(tmp_path: Path) -> None:
     assert RuleSet.from_yaml(path).ids == ("x",)
     assert RuleSet.from_yaml(str(path)).ids == ("x",)
     assert RuleSet.from_file(path).ids == ("x",)
+    other = tmp_path / "rules.conf"
+    other.write_text("- id: y\n  expression: carted\n", encoding="utf-8")
+    assert RuleSet.from_yaml(str(other)).ids == ("y",)
     with pytest.raises(RuleError, match="cannot read rule file"):
         RuleSet.from_yaml(str(tmp_path / "missing.yaml"))
 

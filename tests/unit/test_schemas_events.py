@@ -366,3 +366,45 @@ def test_dlq_reasons() -> None:
         schemas.DLQ_REASONS
     )
     assert schemas.SUPPORTED_SCHEMA_VERSION == 1
+
+
+FUZZ_VALUES: list[object] = [
+    None, "", "x", "e" * 128, "e" * 129, "rating", "thumbs_up", "user_message", "feedback",
+    0, 1, 2, 5, 6, -1, 0.5, 1.5, 3.0, 1.0, True, False, [], {}, [1], {"a": 1},
+    2**63 - 1, 2**63, MIN_TS, END_TS, END_TS - 1, TS,
+]  # fmt: skip
+FUZZ_KEYS = sorted(
+    {key for _, event in VALID for key in event} | {"rating", "kind", "quantity", "extra"}
+)
+
+
+def test_parse_and_schema_agree_on_random_mutations() -> None:
+    """One to three random field changes per valid event: both accept or both reject."""
+    import random
+
+    rng = random.Random(20240601)
+    disagreements = []
+    for _ in range(4000):
+        event = dict(rng.choice(VALID)[1])
+        for _ in range(rng.randint(1, 3)):
+            key = rng.choice(FUZZ_KEYS)
+            if rng.random() < 0.2:
+                event.pop(key, None)
+            else:
+                event[key] = rng.choice(FUZZ_VALUES)
+        parsed_ok = not isinstance(parse(event), ParseError)
+        schema_ok = validation_errors("event.v1", event) == []
+        if parsed_ok != schema_ok:
+            disagreements.append((event, parse(event)))
+    assert disagreements == []
+
+
+def test_records_pickle_and_are_immutable() -> None:
+    import dataclasses
+    import pickle
+
+    for _, raw in VALID:
+        event = parse(raw)
+        assert pickle.loads(pickle.dumps(event)) == event
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.ts_ms = 0  # type: ignore[misc,union-attr]
