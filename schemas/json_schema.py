@@ -18,14 +18,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import (  # type: ignore[import-untyped]  # no stubs installed
-    Draft202012Validator,
-    ValidationError,
-    validators,
-)
-from jsonschema.protocols import Validator  # type: ignore[import-untyped]
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+# jsonschema is imported lazily (about 0.2 s): the streaming hot path only needs `parse`.
 
 SCHEMA_NAMES = ("event.v1", "feature_row.v1", "flagged_session.v1", "dlq_message.v1")
 
@@ -56,24 +49,31 @@ def _strict_integer(checker: object, instance: object) -> bool:
     return type(instance) is int
 
 
-def _max_utf8_bytes(
-    validator: Validator, limit: int, instance: object, schema: dict[str, Any]
-) -> Iterator[ValidationError]:
+def _max_utf8_bytes(validator: Any, limit: int, instance: object, schema: Any) -> Iterator[Any]:
+    from jsonschema import ValidationError  # type: ignore[import-untyped]
+
     if isinstance(instance, str):
         size = len(instance.encode("utf-8", "surrogatepass"))
         if size > limit:
             yield ValidationError(f"string is {size} bytes of UTF-8, more than {limit}")
 
 
-_StrictValidator = validators.extend(
-    Draft202012Validator,
-    validators={"x-maxUtf8Bytes": _max_utf8_bytes},
-    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
-)
+@cache
+def _strict_validator_class() -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(
+        Draft202012Validator,
+        validators={"x-maxUtf8Bytes": _max_utf8_bytes},
+        type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+    )
 
 
 @cache
-def _registry() -> Registry[Any]:
+def _registry() -> Any:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     resources_by_uri = []
     for name in SCHEMA_NAMES:
         schema = _load(name)
@@ -84,11 +84,10 @@ def _registry() -> Registry[Any]:
 
 
 @cache
-def validator(name: str) -> Validator:
-    """A validator for schema `name` with the strict extensions described above."""
+def validator(name: str) -> Any:
+    """A jsonschema validator for schema `name` with the strict extensions described above."""
     schema = _load(_canonical(name))
-    result: Validator = _StrictValidator(schema, registry=_registry())
-    return result
+    return _strict_validator_class()(schema, registry=_registry())
 
 
 def validation_errors(name: str, instance: object) -> list[str]:
