@@ -212,7 +212,8 @@
     setFigure("kpi-flagged-rate", summary.rates.flagged_rate, fmtPct(summary.rates.flagged_rate));
     setFigure("kpi-flagged-rate-note", t.sessions_flagged, `${fmtInt(t.sessions_flagged)} of ${fmtInt(t.sessions_closed)} closed sessions`);
     setFigure("kpi-dlq", t.dlq, fmtInt(t.dlq));
-    setFigure("kpi-dlq-note", t.events ? t.dlq / t.events : null, t.events ? `${fmtPct(t.dlq / t.events)} of events` : "");
+    const [topReason, topCount] = Object.entries(summary.dlq_by_reason).sort((a, b) => b[1] - a[1])[0] || [];
+    setFigure("kpi-dlq-note", topReason ?? "", topReason ? `most: ${topReason} (${fmtInt(topCount)})` : "nothing rejected");
 
     const flaggedColor = color("--c-flagged");
     barChart(byTestId("flagged-reasons"), Object.entries(summary.flagged_by_reason)
