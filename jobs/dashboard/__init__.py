@@ -24,7 +24,7 @@ def _stack_redis_url() -> str | None:
     except ImportError:
         return None
     endpoints = running_endpoints()
-    return endpoints.get("redis_url") if endpoints else None
+    return endpoints.redis_url if endpoints is not None else None
 
 
 def load_settings(

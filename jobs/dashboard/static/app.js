@@ -372,7 +372,7 @@
   async function loadSession(sessionId, { quiet = false } = {}) {
     const error = byTestId("session-error");
     try {
-      const data = await getJSON(`/api/session/${encodeURIComponent(sessionId)}`);
+      const data = await getJSON(`api/session/${encodeURIComponent(sessionId)}`);
       error.hidden = true;
       renderSession(data);
     } catch (err) {
@@ -396,7 +396,7 @@
     const n = state.config.history_minutes;
     try {
       const [summary, minutes, models] = await Promise.all([
-        getJSON("/api/summary"), getJSON(`/api/minutes?n=${n}`), getJSON("/api/models"),
+        getJSON("api/summary"), getJSON(`api/minutes?n=${n}`), getJSON("api/models"),
       ]);
       renderSummary(summary, minutes);
       renderMinutes(minutes);
@@ -415,7 +415,7 @@
 
   async function start() {
     try {
-      state.config = await getJSON("/api/config");
+      state.config = await getJSON("api/config");
     } catch (err) {
       showStatus(false, `cannot load /api/config: ${err.message}`);
       setTimeout(start, 5000);
