@@ -40,13 +40,14 @@ def _kafka_settings() -> KafkaSettings:
     """Kafka settings from FLYWHEEL_KAFKA_*, falling back to the running local stack."""
     overrides: dict[str, Any] = {}
     if "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
-        endpoints = _stack_endpoints()
-        if endpoints and endpoints.get("kafka_bootstrap"):
-            overrides["bootstrap_servers"] = endpoints["kafka_bootstrap"]
+        bootstrap = _stack_kafka_bootstrap()
+        if bootstrap:
+            overrides["bootstrap_servers"] = bootstrap
     return KafkaSettings.load(**overrides)
 
 
-def _stack_endpoints() -> dict[str, Any] | None:
+def _stack_kafka_bootstrap() -> str | None:
+    """The Kafka of the local stack (``flywheel stack up``) when it runs."""
     try:
         from deploy.stack import running_endpoints
     except ImportError:
@@ -55,7 +56,7 @@ def _stack_endpoints() -> dict[str, Any] | None:
         endpoints = running_endpoints()
     except Exception:  # a broken state file must not stop an explicit configuration
         return None
-    return dict(endpoints) if endpoints else None
+    return getattr(endpoints, "kafka_bootstrap", None) if endpoints is not None else None
 
 
 def _fail_config(exc: ConfigError) -> None:
@@ -157,7 +158,6 @@ def produce(file: Path, topic: str | None, rejects: Path | None, progress: bool)
         _fail_config(exc)
         return
     reject_file = open(rejects, "w", encoding="utf-8") if rejects else None  # noqa: SIM115
-    reject_out: IO[str] = reject_file if reject_file is not None else sys.stderr
     enqueued = rejected = 0
     failure: DeliveryError | None = None
     size = None if str(file) == "-" else file.stat().st_size
@@ -177,7 +177,10 @@ def produce(file: Path, topic: str | None, rejects: Path | None, progress: bool)
                     enqueued += 1
                 except InvalidEventError as exc:
                     rejected += 1
-                    _report_reject(reject_out, reject_file is not None, number, exc, line)
+                    if reject_file is not None:
+                        _report_reject(reject_file, True, number, exc, line)
+                    else:  # through tqdm, so the progress bar does not garble the lines
+                        bar.write(_reject_line(number, exc), file=sys.stderr)
     except DeliveryError as exc:
         failure = exc
     finally:
@@ -210,17 +213,21 @@ def _lines(file: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _report_reject(out: IO[str], as_json: bool, number: int, exc: Any, line: bytes) -> None:
-    if as_json:
-        record = {
-            "line": number,
-            "field": exc.field,
-            "reason": exc.reason,
-            "message": exc.error.message,
-            "raw": line.decode("utf-8", "replace"),
-        }
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    else:
-        out.write(f"line {number}: {exc.field or '<line>'}: {exc.reason}: {exc.error.message}\n")
+    if not as_json:
+        out.write(_reject_line(number, exc) + "\n")
+        return
+    record = {
+        "line": number,
+        "field": exc.field,
+        "reason": exc.reason,
+        "message": exc.error.message,
+        "raw": line.decode("utf-8", "replace"),
+    }
+    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _reject_line(number: int, exc: Any) -> str:
+    return f"line {number}: {exc.field or '<line>'}: {exc.reason}: {exc.error.message}"
 
 
 # --------------------------------------------------------------------------- ingest

@@ -146,6 +146,25 @@ def _problem(index: int | None, error: ParseError) -> FieldProblem:
 
 # --------------------------------------------------------------------------- app
 
+_bearer = HTTPBearer(auto_error=False, description="Needed when FLYWHEEL_INGEST_AUTH_TOKEN is set.")
+
+
+def _authorize(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the bearer token matches (when a token is configured)."""
+    expected: bytes | None = request.app.state.auth_token
+    if expected is None:
+        return
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or invalid bearer token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
 
 def create_app(
     settings: IngestSettings | None = None, *, producer: EventProducer | None = None
@@ -173,26 +192,10 @@ def create_app(
         summary="Validated, acknowledged writes of raw assistant events to Kafka.",
         lifespan=lifespan,
     )
-    bearer = HTTPBearer(
-        auto_error=False, description="Needed when FLYWHEEL_INGEST_AUTH_TOKEN is set."
-    )
-    expected = (
+    app.state.auth_token = (
         settings.auth_token.get_secret_value().encode() if settings.auth_token is not None else None
     )
     ack_timeout = settings.ack_timeout.total_seconds()
-
-    def authorize(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if expected is None:
-            return
-        given = credentials.credentials.encode() if credentials is not None else b""
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(
-                status_code=401,
-                detail="missing or invalid bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
     @app.exception_handler(_Rejected)
     async def _rejected(request: Request, exc: _Rejected) -> JSONResponse:
@@ -245,7 +248,7 @@ def create_app(
         "/events",
         status_code=202,
         responses=common_responses,
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(_authorize)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -285,7 +288,7 @@ def create_app(
         "/feedback",
         status_code=202,
         responses=common_responses,
-        dependencies=[Depends(authorize)],
+        dependencies=[Depends(_authorize)],
         openapi_extra={
             "requestBody": {
                 "required": True,

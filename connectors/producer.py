@@ -241,8 +241,11 @@ def encode_event(event: Event | Mapping[str, Any] | str | bytes) -> EncodedEvent
 
     Raises InvalidEventError naming the field when the event breaks the contract.
     """
-    if isinstance(event, Event):
-        fields: Mapping[str, Any] = event_to_dict(event)
+    fields: Mapping[str, Any]
+    if type(event) is dict:  # the common case first: isinstance on ABCs is slow
+        fields = event
+    elif isinstance(event, Event):
+        fields = event_to_dict(event)
     elif isinstance(event, Mapping):
         fields = event
     elif isinstance(event, str | bytes | bytearray):

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Literal
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -153,14 +153,39 @@ def ensure_topics(
         existing_after = _describe(admin, timeout)
     else:
         existing_after = existing
+    drift = _config_drift(admin, [s for s in spec_list if s.name not in created], timeout)
     for spec in spec_list:
         partitions = existing_after.get(spec.name, spec.partitions)
-        note = ""
+        differences = list(drift.get(spec.name, []))
         if partitions != spec.partitions:
-            note = f"wanted {spec.partitions} partitions; existing topics are not altered"
+            differences.insert(0, f"partitions {partitions} (wanted {spec.partitions})")
+        note = ""
+        if differences:
+            note = "differs: " + ", ".join(differences) + "; existing topics are not altered"
         status: Literal["created", "exists"] = "created" if spec.name in created else "exists"
         results.append(TopicResult(spec.name, status, partitions, note))
     return results
+
+
+def _config_drift(
+    admin: AdminClient, specs: list[TopicSpec], timeout: float
+) -> dict[str, list[str]]:
+    """Per existing topic, the spec'd settings whose current value differs."""
+    if not specs:
+        return {}
+    resources = [ConfigResource(ResourceType.TOPIC, s.name) for s in specs]
+    futures = admin.describe_configs(resources, request_timeout=timeout)
+    drift: dict[str, list[str]] = {}
+    for spec, resource in zip(specs, resources, strict=True):
+        try:
+            current = futures[resource].result()
+        except KafkaException:
+            continue  # describing is best effort; creation already succeeded or existed
+        for key, wanted in spec.config().items():
+            entry = current.get(key)
+            if entry is not None and entry.value != wanted:
+                drift.setdefault(spec.name, []).append(f"{key}={entry.value} (wanted {wanted})")
+    return drift
 
 
 def _describe(admin: AdminClient, timeout: float) -> dict[str, int]:
