@@ -404,6 +404,9 @@ class EventProducer:
         self._closed = False
         conf = self.settings.producer_config()
         conf["error_cb"] = self._on_error
+        # librdkafka's own log lines go through Python logging (served by the poll thread)
+        # instead of straight to stderr.
+        conf.setdefault("logger", logging.getLogger("connectors.producer.librdkafka"))
         self._producer = Producer(conf)
         self._stop = threading.Event()
         self._poller = threading.Thread(
