@@ -160,7 +160,8 @@ class _Service:
         raise NotImplementedError
 
     def describe(self) -> str:
-        return ", ".join(f"{role} {self.settings.host}:{port}" for role, port in self.ports.items())
+        ports = (f"{role} {self.settings.host}:{port}" for role, port in self.ports.items())
+        return ", ".join(ports) or "no ports of its own"
 
 
 class _Redis(_Service):
@@ -758,7 +759,7 @@ class Stack:
             keep: set[str] = set()
             for service in services:
                 pid = self._alive_pid(service)
-                if pid is None or not service.ports:
+                if pid is None or len(service.ports) != len(service.port_roles):
                     continue
                 try:
                     service.check(timeout_s=2.0)
@@ -881,7 +882,7 @@ class Stack:
             pid = self._alive_pid(service)
             healthy: bool | None = None
             detail = ""
-            if pid is not None and check_health and service.ports:
+            if pid is not None and check_health and len(service.ports) == len(service.port_roles):
                 try:
                     service.check(timeout_s=2.0)
                     healthy = True
@@ -910,6 +911,47 @@ class Stack:
             if service.name in CORE_SERVICES and self._alive_pid(service) is None:
                 return None
         return StackEndpoints.from_mapping(state)
+
+    # -- leases --
+
+    @property
+    def _lease_dir(self) -> Path:
+        return self.state_dir / "leases"
+
+    def add_lease(self, owner: str) -> Path:
+        """Record that this process uses the stack (a test session, the demo).
+
+        Whoever started the stack for its own use stops it only when no other live
+        process holds a lease, so parallel test sessions do not pull it from under
+        each other. ``flywheel stack down`` ignores leases.
+        """
+        self._lease_dir.mkdir(parents=True, exist_ok=True)
+        pid = os.getpid()
+        path = self._lease_dir / f"{pid}-{procs.start_ticks(pid)}.json"
+        path.write_text(json.dumps({"pid": pid, "owner": owner, "since_ms": _now_ms()}) + "\n")
+        return path
+
+    def other_live_leases(self, mine: Path | None = None) -> list[Path]:
+        """Leases of other processes that are still alive (dead ones are removed)."""
+        live = []
+        for path in sorted(self._lease_dir.glob("*.json")) if self._lease_dir.is_dir() else []:
+            if mine is not None and path == mine:
+                continue
+            pid_text, _, ticks_text = path.stem.partition("-")
+            try:
+                pid, ticks = int(pid_text), int(ticks_text)
+            except ValueError:
+                continue
+            if procs.is_alive(pid) and procs.start_ticks(pid) == ticks:
+                live.append(path)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return live
+
+    def release_lease(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
     # -- down --
 

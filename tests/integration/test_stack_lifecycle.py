@@ -1,0 +1,154 @@
+"""`flywheel stack up|down|status` on a private state directory and fresh ports.
+
+These tests never touch the shared stack: each uses its own temporary state
+directory, and `down` only stops processes of that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import procs
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+
+
+def _flywheel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("flywheel")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_STACK_")}
+    child_env.update(env or {})
+    return subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=300, env=child_env, check=False
+    )
+
+
+def _fresh_ports(count: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        ports.append(procs.free_port(HOST, avoid=ports))
+    return ports
+
+
+def _stack_file(state_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((state_dir / "stack.json").read_text()))
+
+
+def _processes_of_state_dir(state_dir: Path) -> list[int]:
+    return procs.marked_pids(procs.marker_value(state_dir.resolve(), ""))
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Any:
+    directory = tmp_path / "state"
+    yield directory
+    # Whatever happened in the test, leave no process behind.
+    _flywheel("stack", "down", "--state-dir", str(directory))
+
+
+def test_up_twice_reuses_services_and_down_leaves_no_process_or_port(state_dir: Path) -> None:
+    kafka, controller, redis, s3 = _fresh_ports(4)
+    up_args = [
+        "stack", "up", "--state-dir", str(state_dir),
+        "--kafka-port", str(kafka), "--kafka-controller-port", str(controller),
+        "--redis-port", str(redis), "--s3-port", str(s3),
+    ]  # fmt: skip
+
+    first = _flywheel(*up_args, "--json")
+    assert first.returncode == 0, first.stderr
+    endpoints = json.loads(first.stdout)
+    assert endpoints["kafka_bootstrap"] == f"{HOST}:{kafka}"
+    assert endpoints["redis_url"] == f"redis://{HOST}:{redis}/0"
+    assert endpoints["s3_endpoint_url"] == f"http://{HOST}:{s3}"
+    services = _stack_file(state_dir)["services"]
+    pids = {name: info["pid"] for name, info in services.items()}
+    assert set(pids) == {"kafka", "redis", "s3"}
+
+    second = _flywheel(*up_args)
+    assert second.returncode == 0, second.stderr
+    for name in pids:
+        assert f"{name}: already running" in second.stderr
+    assert {n: i["pid"] for n, i in _stack_file(state_dir)["services"].items()} == pids
+
+    status = _flywheel("stack", "status", "--state-dir", str(state_dir), "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    report = json.loads(status.stdout)
+    assert report["running"] is True
+    assert all(s["healthy"] for s in report["services"])
+
+    # A crashed service is restarted by the next `up`; the others keep running.
+    os.kill(pids["redis"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while procs.is_alive(pids["redis"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    healed = _flywheel(*up_args)
+    assert healed.returncode == 0, healed.stderr
+    after = {n: i["pid"] for n, i in _stack_file(state_dir)["services"].items()}
+    assert after["redis"] != pids["redis"]
+    assert after["kafka"] == pids["kafka"] and after["s3"] == pids["s3"]
+
+    all_pids = set(pids.values()) | set(after.values())
+    sessions = {pid: procs.session_members(pid) for pid in all_pids}
+    down = _flywheel("stack", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stderr
+
+    assert not [pid for pid in all_pids if procs.is_alive(pid)]
+    assert not [pid for members in sessions.values() for pid in members if procs.is_alive(pid)]
+    assert _processes_of_state_dir(state_dir) == []
+    for port in (kafka, controller, redis, s3):
+        assert procs.port_is_free(HOST, port), f"port {port} still in use"
+    assert not (state_dir / "stack.json").exists()
+    stopped = _flywheel("stack", "status", "--state-dir", str(state_dir))
+    assert stopped.returncode == 3
+
+
+def test_up_refuses_a_busy_port_and_starts_nothing(state_dir: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind((HOST, 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+
+        result = _flywheel("stack", "up", "--state-dir", str(state_dir), "--redis-port", str(busy))
+
+    assert result.returncode != 0
+    assert f"port {busy} (redis) is in use" in result.stderr
+    assert _processes_of_state_dir(state_dir) == []
+
+
+def test_a_service_that_cannot_start_is_reported_and_nothing_is_left(state_dir: Path) -> None:
+    # `false` stands in for a broken Java: Kafka's storage format step fails.
+    result = _flywheel(
+        "stack", "up", "--state-dir", str(state_dir), env={"FLYWHEEL_STACK_JAVA": "false"}
+    )
+
+    assert result.returncode != 0
+    assert "kafka: kafka storage format failed" in result.stderr
+    assert _processes_of_state_dir(state_dir) == []  # redis and s3 were stopped again
+
+
+def test_down_of_a_stack_that_never_ran_is_a_no_op(state_dir: Path) -> None:
+    result = _flywheel("stack", "down", "--state-dir", str(state_dir))
+
+    assert result.returncode == 0, result.stderr
+    assert "stack stopped" in result.stderr
+
+
+def test_bad_stack_setting_is_a_usage_error_naming_it(state_dir: Path) -> None:
+    result = _flywheel(
+        "stack", "status", "--state-dir", str(state_dir), env={"FLYWHEEL_STACK_HOST": "10.0.0.1"}
+    )
+
+    assert result.returncode == 2
+    assert "FLYWHEEL_STACK_HOST (host)" in result.stderr
