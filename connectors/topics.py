@@ -7,11 +7,12 @@ partition count differs from the requested one; it never alters or deletes).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -19,6 +20,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from connectors.settings import FlywheelSettings, KafkaSettings
+
+_librdkafka_logger = logging.getLogger("connectors.topics.librdkafka")
 
 
 class TopicSettings(FlywheelSettings):
@@ -120,7 +123,7 @@ def ensure_topics(
     producers can write right away. Raises TopicError naming the topic on failure.
     """
     spec_list = list(specs) if specs is not None else TopicSettings.load(kafka=kafka).specs()
-    admin = AdminClient(kafka.client_config())
+    admin = _admin(kafka)
     existing = _describe(admin, timeout)
     results: list[TopicResult] = []
     to_create = [s for s in spec_list if s.name not in existing]
@@ -165,6 +168,12 @@ def ensure_topics(
         status: Literal["created", "exists"] = "created" if spec.name in created else "exists"
         results.append(TopicResult(spec.name, status, partitions, note))
     return results
+
+
+def _admin(kafka: KafkaSettings) -> AdminClient:
+    # librdkafka's log lines go to Python logging; failures still surface as TopicError.
+    conf: dict[str, Any] = {**kafka.client_config(), "logger": _librdkafka_logger}
+    return AdminClient(conf)
 
 
 def _config_drift(
@@ -216,7 +225,7 @@ def _wait_for_leaders(admin: AdminClient, wanted: dict[str, int], timeout: float
 
 def list_topics(kafka: KafkaSettings, timeout: float = 10.0) -> dict[str, int]:
     """Topic name -> partition count, internal topics left out."""
-    admin = AdminClient(kafka.client_config())
+    admin = _admin(kafka)
     return {
         name: count
         for name, count in sorted(_describe(admin, timeout).items())

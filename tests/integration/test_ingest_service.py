@@ -80,7 +80,7 @@ def read_back(
 
 @pytest.fixture
 def topic(unique_topic: Any) -> str:
-    return str(unique_topic("ingest", partitions=4))
+    return str(unique_topic(partitions=4))
 
 
 def _settings(bootstrap: str, topic: str, **overrides: Any) -> IngestSettings:

@@ -125,7 +125,7 @@ def assert_exactly_once_in_order(records: list[Any], sent: list[dict[str, Any]])
 
 @pytest.fixture
 def topic(unique_topic: Any) -> str:
-    return str(unique_topic("producer", partitions=PARTITIONS))
+    return str(unique_topic(partitions=PARTITIONS))
 
 
 @pytest.fixture
