@@ -304,3 +304,46 @@ def test_openapi_document_publishes_the_event_schema(server: str) -> None:
     for ref in refs:
         assert ref.startswith("#/components/schemas/"), ref
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+def test_flywheel_ingest_serve_command(kafka_bootstrap: str, topic: str) -> None:
+    """The real command line: `flywheel ingest serve --host --port` with env settings."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "FLYWHEEL_KAFKA_EVENTS_TOPIC": topic,
+        "FLYWHEEL_INGEST_AUTH_TOKEN": TOKEN,
+    }
+    command = [sys.executable, "-m", "jobs.cli", "ingest", "serve", "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        event = make_events(1, 1, uuid.uuid4().hex[:8])[0]
+        response = httpx.post(
+            f"{url}/events", json=event, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        )
+        assert response.status_code == 202, response.text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    (record,) = read_back(kafka_bootstrap, topic, expected=1, settle_s=0.5)
+    assert json.loads(record.value())["event_id"] == event["event_id"]
