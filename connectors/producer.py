@@ -24,6 +24,7 @@ never drops an event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from connectors.settings import FlywheelSettings, KafkaSettings
-from schemas import ParseError, decode_json, event_to_dict, parse
+from schemas import EVENT_CLASSES, ParseError, decode_json, event_to_dict, parse
 from schemas.events import Event
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,12 @@ except ImportError:  # pragma: no cover - exercised only without orjson
         return _encode_json(value).encode()
 
 
+_KNOWN_FIELDS: dict[str, frozenset[str]] = {
+    event_type: frozenset(f.name for f in dataclasses.fields(cls))
+    for event_type, cls in EVENT_CLASSES.items()
+}
+
+
 class EncodedEvent(NamedTuple):
     """A validated event ready for Kafka: key = session_id, value = canonical JSON."""
 
@@ -266,9 +273,17 @@ def encode_event(event: Event | Mapping[str, Any] | str | bytes) -> EncodedEvent
     result = parse(fields)
     if isinstance(result, ParseError):
         raise InvalidEventError(result)
-    # Serialise the parsed event, not the input, so every producer writes the same canonical
-    # JSON for the same event (a retry re-sends identical content, unknown fields are dropped).
-    value = _dumps(event_to_dict(result))
+    # What is written is the canonical event: unknown fields and nulls dropped, so a retry
+    # re-sends identical content. A plain dict that holds only known, non-null fields already
+    # is canonical (parse accepted every value as it is): dump it without rebuilding it.
+    if (
+        type(fields) is dict
+        and fields.keys() <= _KNOWN_FIELDS[result.event_type]
+        and None not in fields.values()
+    ):
+        value = _dumps(fields)
+    else:
+        value = _dumps(event_to_dict(result))
     return EncodedEvent(result.event_id, result.session_id.encode(), value, result)
 
 
