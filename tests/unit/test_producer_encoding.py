@@ -176,3 +176,22 @@ def test_unknown_or_bad_settings_name_the_field(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("FLYWHEEL_PRODUCER_LINGERR")
     with pytest.raises(ConfigError, match="on_buffer_full"):
         ProducerSettings.load(on_buffer_full="drop")
+
+
+def test_key_order_does_not_change_the_content() -> None:
+    event = user_message(request_id="r-1", intent_confidence=0.25)
+    shuffled = dict(reversed(list(event.items())))
+    assert json.loads(encode_event(shuffled).value) == json.loads(encode_event(event).value)
+    assert json.loads(encode_event(event).value) == event
+
+
+def test_values_are_written_as_validated() -> None:
+    # 1.0 stays a float where a number is allowed; nothing is coerced on the way out.
+    event = {
+        **{k: v for k, v in user_message().items() if k != "text"},
+        "event_type": "cart_add",
+        "sku": "sku-1",
+        "amount": 1.0,
+        "quantity": 3,
+    }
+    assert json.loads(encode_event(event).value) == event
