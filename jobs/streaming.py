@@ -1,0 +1,333 @@
+"""The streaming feature job and its batch twin, wired top to bottom.
+
+source -> parse -> watermarks -> key by session_id -> session features -> sinks
+
+Streaming reads ``flywheel.events`` from Kafka; backfill reads JSON Lines files
+in Flink's batch mode. Both run the very same ``ParseEvents`` and
+``SessionFeaturesFunction``; only sources and sinks differ.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connectors.settings import KafkaSettings, RedisSettings, S3Settings
+from jobs.settings import FeatureJobSettings
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything the wiring needs, resolved once at start."""
+
+    job: FeatureJobSettings
+    kafka: KafkaSettings
+    redis: RedisSettings
+    s3: S3Settings
+    jar_paths: tuple[Path, ...]
+    plugins_dir: Path | None
+
+
+def load_context(**job_overrides: Any) -> JobContext:
+    """Load and validate all settings; a bad one fails here naming the field."""
+    from deploy.jars import flink_jar_paths, flink_plugins_dir
+
+    job = FeatureJobSettings.load(**job_overrides)
+    job.rule_set()  # an unknown column or forbidden construct fails now, naming the rule
+    return JobContext(
+        job=job,
+        kafka=KafkaSettings.load(),
+        redis=RedisSettings.load(),
+        s3=S3Settings.load(),
+        jar_paths=tuple(flink_jar_paths()),
+        plugins_dir=flink_plugins_dir(),
+    )
+
+
+class _RedisFactory:
+    """Picklable factory so Python workers open their own Redis connection."""
+
+    def __init__(self, settings_json: str):
+        self._settings_json = settings_json
+
+    def __call__(self) -> Any:
+        return RedisSettings.model_validate_json(self._settings_json).client()
+
+
+def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
+    from pyflink.common import Configuration
+
+    from deploy.jars import configure_pyflink
+
+    conf = Configuration()
+    # Connector jars, and the S3 plugin registered with this client's JVM too.
+    for key, value in configure_pyflink(ctx.s3).items():
+        conf.set_string(key, value)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("python.execution-mode", ctx.job.python_execution_mode)
+    conf.set_string("python.fn-execution.bundle.time", "100")
+    conf.set_string("table.exec.uid.generation", "ALWAYS")
+    conf.set_string("execution.runtime-mode", "BATCH" if bounded else "STREAMING")
+    if not bounded:
+        interval_ms = int(ctx.job.checkpoint_interval.total_seconds() * 1000)
+        conf.set_string("execution.checkpointing.interval", f"{interval_ms} ms")
+        conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+        conf.set_string(
+            "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
+        )
+        conf.set_string("state.backend.type", "hashmap")
+        if ctx.job.checkpoint_dir:
+            conf.set_string("execution.checkpointing.dir", ctx.job.checkpoint_dir)
+            conf.set_string("state.checkpoints.dir", ctx.job.checkpoint_dir)
+            conf.set_string("state.savepoints.dir", ctx.job.checkpoint_dir.rstrip("/") + "/savepoints")
+    return conf
+
+
+def _environments(ctx: JobContext, *, bounded: bool, savepoint: str | None = None) -> tuple[Any, Any]:
+    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+    # The Python workers must import this project and its venv.
+    # In thread mode the embedded interpreter does not know the venv: put it on PYTHONPATH.
+    project_root = str(Path(__file__).resolve().parent.parent)
+    site_dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (project_root, *sorted(site_dirs), os.environ.get("PYTHONPATH", "")) if p
+    )
+    conf = _flink_configuration(ctx, bounded=bounded)
+    if savepoint:
+        conf.set_string("execution.savepoint.path", savepoint)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(ctx.job.parallelism)
+    env.set_runtime_mode(RuntimeExecutionMode.BATCH if bounded else RuntimeExecutionMode.STREAMING)
+    settings = (
+        EnvironmentSettings.in_batch_mode() if bounded else EnvironmentSettings.in_streaming_mode()
+    )
+    t_env = StreamTableEnvironment.create(env, environment_settings=settings)
+    return env, t_env
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _with(options: dict[str, str]) -> str:
+    return ",\n  ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+
+
+def _kafka_properties(ctx: JobContext) -> dict[str, str]:
+    return {f"properties.{k}": v for k, v in ctx.kafka.java_client_properties().items()}
+
+
+def _feature_table_ddl(name: str, path: str) -> str:
+    from features.columns import PARQUET_SCHEMA_FIELDS
+
+    sql_types = {
+        "string": "STRING",
+        "int64": "BIGINT",
+        "bool": "BOOLEAN",
+        "float64": "DOUBLE",
+        "list<string>": "ARRAY<STRING>",
+    }
+    columns = ",\n  ".join(f"`{n}` {sql_types[t]}" for n, t in PARQUET_SCHEMA_FIELDS)
+    return f"""CREATE TEMPORARY TABLE {name} (
+  {columns},
+  `dt` STRING
+) PARTITIONED BY (`dt`) WITH (
+  {_with({
+        "connector": "filesystem",
+        "path": path,
+        "format": "parquet",
+        "sink.rolling-policy.file-size": "128MB",
+        "sink.rolling-policy.rollover-interval": "10 min",
+    })}
+)"""
+
+
+def _keyed_kafka_sink_ddl(ctx: JobContext, name: str, topic: str, txn_prefix: str) -> str:
+    timeout_ms = int(ctx.job.flagged_transaction_timeout.total_seconds() * 1000)
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "key.format": "raw",
+        "key.fields": "session_id",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        "sink.delivery-guarantee": "exactly-once",
+        "sink.transactional-id-prefix": txn_prefix,
+        "properties.transaction.timeout.ms": str(timeout_ms),
+        **_kafka_properties(ctx),
+    }
+    return f"""CREATE TEMPORARY TABLE {name} (
+  `session_id` STRING,
+  `payload` STRING
+) WITH (
+  {_with(options)}
+)"""
+
+
+def output_base(ctx: JobContext, override: str | None = None) -> str:
+    """Where Parquet lands: the override, the job setting, or ``s3://<bucket>/flywheel``."""
+    base = override or ctx.job.output_base or f"s3://{ctx.s3.bucket}/flywheel"
+    if "://" not in base:
+        base = Path(base).resolve().as_uri()
+    return base.rstrip("/")
+
+
+def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
+    """parse -> watermarks -> key -> session features, shared by both jobs."""
+    from pyflink.common import Duration, WatermarkStrategy
+    from pyflink.common.typeinfo import Types
+
+    from jobs.operators import (
+        FEATURE_ROW_TYPE, EventTimeAssigner, ParseEvents, SessionFeaturesFunction, session_key,
+    )
+
+    redis_factory = None
+    if ctx.job.redis_enabled and not bounded:
+        redis_factory = _RedisFactory(ctx.redis.model_dump_json())
+    parsed = (
+        events.process(ParseEvents(redis_factory, ctx.redis.key_prefix))
+        .uid("parse-events").name("Parse and validate events")
+    )
+    bound = Duration.of_millis(int(ctx.job.max_out_of_order.total_seconds() * 1000))
+    with_time = parsed.assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_bounded_out_of_orderness(bound).with_timestamp_assigner(
+            EventTimeAssigner()
+        )
+    ).uid("event-time").name("Event-time watermarks")
+    sessions = (
+        with_time.key_by(session_key, key_type=Types.STRING())
+        .process(
+            SessionFeaturesFunction(
+                ctx.job.model_dump_json(),
+                bounded=bounded,
+                redis_factory=redis_factory,
+                key_prefix=ctx.redis.key_prefix,
+                session_ttl_s=int(ctx.redis.session_ttl.total_seconds()),
+            ),
+            output_type=FEATURE_ROW_TYPE,
+        )
+        .uid("session-features").name("Sessions, features and rules")
+    )
+    return parsed, sessions
+
+
+def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False) -> tuple[Any, Any]:
+    """The streaming job: Kafka events -> Redis, Parquet, flagged and dead-letter topics."""
+    from pyflink.common.typeinfo import Types
+
+    from jobs.operators import DLQ_TAG, FLAGGED_TAG, KEYED_JSON_TYPE
+
+    env, t_env = _environments(ctx, bounded=False, savepoint=savepoint)
+    source_options = {
+        "connector": "kafka",
+        "topic": ctx.kafka.events_topic,
+        "format": "raw",
+        "properties.group.id": ctx.job.consumer_group,
+        "properties.isolation.level": "read_committed",
+        "properties.auto.offset.reset": "earliest",
+        "scan.startup.mode": {
+            "earliest": "earliest-offset",
+            "latest": "latest-offset",
+            "committed": "group-offsets",
+        }[ctx.job.starting_offsets],
+        "scan.topic-partition-discovery.interval": "30 s",
+        **_kafka_properties(ctx),
+    }
+    if bounded_source:
+        source_options["scan.bounded.mode"] = "latest-offset"
+    t_env.execute_sql(f"""CREATE TEMPORARY TABLE raw_events (
+  `value` BYTES,
+  `topic` STRING METADATA VIRTUAL,
+  `partition` INT METADATA VIRTUAL,
+  `offset` BIGINT METADATA VIRTUAL
+) WITH (
+  {_with(source_options)}
+)""")
+    raw = t_env.to_data_stream(t_env.from_path("raw_events"))
+    parsed, sessions = _session_features(ctx, raw, bounded=False)
+
+    base = output_base(ctx)
+    t_env.execute_sql(_feature_table_ddl("session_features_sink", f"{base}/session_features"))
+    t_env.execute_sql(_keyed_kafka_sink_ddl(
+        ctx, "flagged_sink", ctx.kafka.flagged_topic, f"{ctx.job.consumer_group}-flagged"
+    ))
+    t_env.execute_sql(_keyed_kafka_sink_ddl(
+        ctx, "dlq_sink", ctx.kafka.dlq_topic, f"{ctx.job.consumer_group}-dlq"
+    ))
+    flagged = sessions.get_side_output(FLAGGED_TAG)
+    dead_letters = parsed.get_side_output(DLQ_TAG).union(sessions.get_side_output(DLQ_TAG))
+    statements = t_env.create_statement_set()
+    statements.add_insert("session_features_sink", t_env.from_data_stream(sessions))
+    statements.add_insert("flagged_sink", t_env.from_data_stream(flagged))
+    statements.add_insert(
+        "dlq_sink",
+        t_env.from_data_stream(dead_letters.map(lambda r: r, output_type=KEYED_JSON_TYPE)
+                               .uid("dead-letters").name("Dead letters")),
+    )
+    _ = Types
+    statements.attach_as_datastream()
+    return env, t_env
+
+
+def _jsonl_source_options(input_path: str) -> dict[str, str]:
+    options = {"connector": "filesystem", "path": input_path, "format": "raw"}
+    if not input_path.endswith(".jsonl"):
+        # A folder or prefix: only its JSON Lines files.
+        options["source.path.regex-pattern"] = ".*\\.jsonl"
+    return options
+
+
+def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple[Any, Any]:
+    """The same feature logic over JSON Lines files, in Flink's batch mode."""
+    from pyflink.common import Row
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream.connectors.file_system import (
+        BucketAssigner, FileSink, OutputFileConfig,
+    )
+    from pyflink.common.serialization import Encoder
+
+    from jobs.operators import DLQ_TAG, FLAGGED_TAG, RAW_LINE_TYPE, flagged_row, FLAGGED_ROW_TYPE
+
+    env, t_env = _environments(ctx, bounded=True)
+    base = output_base(ctx, out_base)
+    t_env.execute_sql(f"""CREATE TEMPORARY TABLE raw_lines (
+  `line` STRING,
+  `path` STRING NOT NULL METADATA FROM 'file.path' VIRTUAL
+) WITH (
+  {_with(_jsonl_source_options(input_path))}
+)""")
+    lines = t_env.to_data_stream(t_env.from_path("raw_lines")).map(
+        lambda r: Row(r[0], r[1], None, None), output_type=RAW_LINE_TYPE
+    ).uid("read-lines").name("JSON Lines")
+    parsed, sessions = _session_features(ctx, lines, bounded=True)
+
+    t_env.execute_sql(_feature_table_ddl("session_features_sink", f"{base}/session_features"))
+    t_env.execute_sql(f"""CREATE TEMPORARY TABLE flagged_sink (
+  `session_id` STRING, `user_id` STRING, `session_start_ms` BIGINT, `session_end_ms` BIGINT,
+  `reasons` ARRAY<STRING>, `model_version` STRING, `message` STRING, `dt` STRING
+) PARTITIONED BY (`dt`) WITH (
+  {_with({"connector": "filesystem", "path": f"{base}/flagged_sessions", "format": "parquet"})}
+)""")
+    flagged = sessions.get_side_output(FLAGGED_TAG).map(flagged_row, output_type=FLAGGED_ROW_TYPE) \
+        .uid("flagged-rows").name("Flagged records")
+    dead_letters = parsed.get_side_output(DLQ_TAG).union(sessions.get_side_output(DLQ_TAG))
+    dlq_sink = (
+        FileSink.for_row_format(f"{base}/dlq", Encoder.simple_string_encoder())
+        .with_bucket_assigner(BucketAssigner.base_path_bucket_assigner())
+        .with_output_file_config(OutputFileConfig.builder().with_part_suffix(".jsonl").build())
+        .build()
+    )
+    dead_letters.map(lambda r: r[1], output_type=Types.STRING()).uid("dead-letter-lines") \
+        .name("Dead-letter lines").sink_to(dlq_sink).uid("dlq-files").name("Dead letters (JSON Lines)")
+    statements = t_env.create_statement_set()
+    statements.add_insert("session_features_sink", t_env.from_data_stream(sessions))
+    statements.add_insert("flagged_sink", t_env.from_data_stream(flagged))
+    statements.attach_as_datastream()
+    return env, t_env
