@@ -435,7 +435,7 @@ class _Kafka(_Service):
 
     def check(self, timeout_s: float) -> None:
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
         if not procs.port_is_listening(self.settings.host, self.ports["kafka"], timeout_s):
             raise HealthError(f"kafka: nothing listens on port {self.ports['kafka']}")
@@ -725,11 +725,6 @@ class Stack:
         )
 
     def _start_one(self, service: _Service, progress: Progress, deadline: float) -> int:
-        # Anything left over from an earlier run of this service (stale pid file, crash)
-        # would hold its ports or data directory.
-        leftovers = self._processes(service)
-        if leftovers:
-            procs.stop(leftovers, self.settings.stop_timeout_s)
         argv, env = service.prepare(progress)
         record = procs.start(
             argv,
@@ -788,7 +783,6 @@ class Stack:
                     service.s3_url = s3.url
 
             to_start = [s for s in services if s.name not in keep]
-            started: list[_Service] = []
             errors: list[str] = []
             flink_jars_error: list[str] = []
 
@@ -807,7 +801,6 @@ class Stack:
                     pid = self._start_one(service, progress, deadline)
                     with lock:
                         pids[service.name] = pid
-                        started.append(service)
                 except Exception as exc:
                     with lock:
                         errors.append(f"{service.name}: {exc}")
@@ -822,7 +815,9 @@ class Stack:
                 bring_up(service)
             fetcher.join(timeout=max(1.0, deadline - time.monotonic()))
             if errors:
-                procs.stop([pids[s.name] for s in started], self.settings.stop_timeout_s)
+                # Leave nothing of this call behind: started, half-started or unhealthy.
+                for service in to_start:
+                    procs.stop(self._processes(service), self.settings.stop_timeout_s)
                 raise StackError("stack up failed:\n" + "\n".join(errors))
             if flink_jars_error:
                 progress(f"warning: Flink connector jars not downloaded: {flink_jars_error[0]}")

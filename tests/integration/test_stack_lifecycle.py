@@ -46,8 +46,15 @@ def _stack_file(state_dir: Path) -> dict[str, Any]:
     return dict(json.loads((state_dir / "stack.json").read_text()))
 
 
-def _processes_of_state_dir(state_dir: Path) -> list[int]:
-    return procs.marked_pids(procs.marker_value(state_dir.resolve(), ""))
+def _processes_of_state_dir(state_dir: Path) -> list[str]:
+    """Command lines of live processes started for ``state_dir`` (empty when none)."""
+    found = []
+    for pid in procs.marked_pids(procs.marker_value(state_dir.resolve(), "")):
+        try:
+            found.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:200]!r}")
+        except OSError:
+            continue  # exited meanwhile
+    return found
 
 
 @pytest.fixture
@@ -134,8 +141,19 @@ def test_a_service_that_cannot_start_is_reported_and_nothing_is_left(state_dir: 
     )
 
     assert result.returncode != 0
-    assert "kafka: kafka storage format failed" in result.stderr
+    assert "kafka: kafka storage format failed" in result.stderr, result.stderr
     assert _processes_of_state_dir(state_dir) == []  # redis and s3 were stopped again
+
+
+def test_a_service_not_healthy_in_time_is_reported_and_nothing_is_left(state_dir: Path) -> None:
+    result = _flywheel(
+        "stack", "up", "--state-dir", str(state_dir), env={"FLYWHEEL_STACK_START_TIMEOUT": "PT1S"}
+    )
+
+    assert result.returncode != 0
+    assert "kafka not healthy after 1s" in result.stderr, result.stderr
+    assert "last lines of" in result.stderr  # the log tail tells why
+    assert _processes_of_state_dir(state_dir) == []
 
 
 def test_down_of_a_stack_that_never_ran_is_a_no_op(state_dir: Path) -> None:
