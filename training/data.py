@@ -506,12 +506,17 @@ def stratified_sample(rows: Sequence[LabeledText], n: int, seed: int) -> list[La
     for row in rows:
         by_label[row.label].append(row)
     rng = random.Random(f"replay:{seed}")
-    out: list[LabeledText] = []
     total = len(rows)
-    for label in sorted(by_label):
-        group = by_label[label]
-        take = round(n * len(group) / total)
-        out += rng.sample(group, min(take, len(group)))
+    labels = sorted(by_label)
+    # Largest-remainder apportionment: exactly n rows, each label in proportion.
+    quotas = {label: n * len(by_label[label]) / total for label in labels}
+    takes = {label: int(quotas[label]) for label in labels}
+    by_remainder = sorted(labels, key=lambda label: (-(quotas[label] - takes[label]), label))
+    for label in by_remainder[: n - sum(takes.values())]:
+        takes[label] += 1
+    out: list[LabeledText] = []
+    for label in labels:
+        out += rng.sample(by_label[label], takes[label])
     return out
 
 

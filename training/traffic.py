@@ -34,6 +34,22 @@ _ANSWERS = {
 }
 
 
+class _Envelope:
+    """Event ids numbered within a session."""
+
+    def __init__(self, session_id: str, user_id: str) -> None:
+        self.session_id, self.user_id, self.count = session_id, user_id, 0
+
+    def __call__(self, ts_ms: int) -> dict[str, Any]:
+        self.count += 1
+        return {
+            "event_id": f"{self.session_id}-e{self.count:03d}",
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "ts_ms": ts_ms,
+        }
+
+
 def simulate_sessions(
     predict: Callable[[list[str]], Sequence[Any]],
     *,
@@ -74,18 +90,7 @@ def simulate_sessions(
         user_id = f"user-{seed}-{number:05d}"
         ts = start_ms + number * 3_600_000
         events: list[Any] = []
-        counter = 0
-
-        def envelope(ts_ms: int) -> dict[str, Any]:
-            nonlocal counter
-            counter += 1
-            return {
-                "event_id": f"{session_id}-e{counter:03d}",
-                "session_id": session_id,
-                "user_id": user_id,
-                "ts_ms": ts_ms,
-            }
-
+        envelope = _Envelope(session_id, user_id)
         request_ids = []
         for index, turn in enumerate(turns):
             prediction = next(predictions)
