@@ -88,6 +88,38 @@ class IdleMonitor:
         self._consumer.close()
 
 
+def start_streaming(ctx: Any, *, savepoint: str | None = None) -> Any:
+    """Start the streaming job on the embedded MiniCluster; returns its JobClient."""
+    from jobs.streaming import build_streaming_job
+
+    env, _ = build_streaming_job(ctx, savepoint=savepoint)
+    return env.execute_async("flywheel-feature-job")
+
+
+def stop_when_idle(
+    ctx: Any, client: Any, *, idle_s: float, drain: bool, progress: Any = None
+) -> str:
+    """Wait until the input has been idle ``idle_s`` seconds, then stop with a savepoint."""
+    monitor = IdleMonitor(ctx.kafka, ctx.kafka.events_topic, ctx.job.consumer_group)
+    try:
+        while True:
+            time.sleep(1.0)
+            status = str(client.get_job_status().result())
+            if status in ("FAILED", "CANCELED", "FINISHED"):
+                raise click.ClickException(f"feature job ended with status {status}")
+            idle = monitor.idle_for()
+            if progress is not None:
+                progress(idle)
+            if idle >= idle_s:
+                break
+    finally:
+        monitor.close()
+    savepoint_dir = (
+        ctx.job.checkpoint_dir.rstrip("/") + "/savepoints" if ctx.job.checkpoint_dir else None
+    )
+    return str(client.stop_with_savepoint(drain, savepoint_dir).result())
+
+
 def run_streaming(
     ctx: Any,
     *,
@@ -101,32 +133,13 @@ def run_streaming(
 
     Returns the final savepoint path (or None when the job ran until killed).
     """
-    from jobs.streaming import build_streaming_job
-
     if jobmanager:
         return _submit_to_cluster(jobmanager, savepoint)
-    env, _ = build_streaming_job(ctx, savepoint=savepoint)
-    client = env.execute_async("flywheel-feature-job")
+    client = start_streaming(ctx, savepoint=savepoint)
     if stop_when_idle_s is None:
         client.get_job_execution_result().result()
         return None
-    monitor = IdleMonitor(ctx.kafka, ctx.kafka.events_topic, ctx.job.consumer_group)
-    try:
-        while True:
-            time.sleep(1.0)
-            status = str(client.get_job_status().result())
-            if status in ("FAILED", "CANCELED", "FINISHED"):
-                raise click.ClickException(f"feature job ended with status {status}")
-            idle = monitor.idle_for()
-            if progress is not None:
-                progress(idle)
-            if idle >= stop_when_idle_s:
-                break
-    finally:
-        monitor.close()
-    savepoint_dir = ctx.job.checkpoint_dir.rstrip("/") + "/savepoints" if ctx.job.checkpoint_dir else None
-    path = client.stop_with_savepoint(drain, savepoint_dir).result()
-    return str(path)
+    return stop_when_idle(ctx, client, idle_s=stop_when_idle_s, drain=drain, progress=progress)
 
 
 def _submit_to_cluster(jobmanager: str, savepoint: str | None) -> str | None:

@@ -71,9 +71,11 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
     conf.set_string("python.client.executable", sys.executable)
     conf.set_string("python.execution-mode", ctx.job.python_execution_mode)
     conf.set_string("python.fn-execution.bundle.time", "100")
-    conf.set_string("table.exec.uid.generation", "ALWAYS")
     conf.set_string("execution.runtime-mode", "BATCH" if bounded else "STREAMING")
     if not bounded:
+        # A partition without data stops holding back the watermark after idle_timeout.
+        idle_ms = int(ctx.job.idle_timeout.total_seconds() * 1000)
+        conf.set_string("table.exec.source.idle-timeout", f"{idle_ms} ms")
         interval_ms = int(ctx.job.checkpoint_interval.total_seconds() * 1000)
         conf.set_string("execution.checkpointing.interval", f"{interval_ms} ms")
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
@@ -195,12 +197,15 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
         events.process(ParseEvents(redis_factory, ctx.redis.key_prefix))
         .uid("parse-events").name("Parse and validate events")
     )
-    bound = Duration.of_millis(int(ctx.job.max_out_of_order.total_seconds() * 1000))
-    with_time = parsed.assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_bounded_out_of_orderness(bound).with_timestamp_assigner(
-            EventTimeAssigner()
-        )
-    ).uid("event-time").name("Event-time watermarks")
+    with_time = parsed
+    if bounded:
+        # Files carry no watermarks; in batch mode every timer fires at the end anyway.
+        bound = Duration.of_millis(int(ctx.job.max_out_of_order.total_seconds() * 1000))
+        with_time = parsed.assign_timestamps_and_watermarks(
+            WatermarkStrategy.for_bounded_out_of_orderness(bound).with_timestamp_assigner(
+                EventTimeAssigner()
+            )
+        ).uid("event-time").name("Event-time watermarks")
     sessions = (
         with_time.key_by(session_key, key_type=Types.STRING())
         .process(
@@ -242,11 +247,18 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
     }
     if bounded_source:
         source_options["scan.bounded.mode"] = "latest-offset"
+    # Event time is read from the JSON in the JVM so the Kafka source can keep one
+    # watermark per partition (a backlog read across partitions is not "out of order").
+    # Unparseable records get time 0, which never advances a watermark.
+    bound_s = ctx.job.max_out_of_order.total_seconds()
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE raw_events (
   `value` BYTES,
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
-  `offset` BIGINT METADATA VIRTUAL
+  `offset` BIGINT METADATA VIRTUAL,
+  `event_time` AS TO_TIMESTAMP_LTZ(
+      COALESCE(TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts_ms') AS BIGINT), 0), 3),
+  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '{bound_s:.3f}' SECOND
 ) WITH (
   {_with(source_options)}
 )""")
