@@ -113,7 +113,9 @@ def _quiet_hf() -> Iterator[None]:
     import transformers
 
     previous = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)
@@ -121,6 +123,8 @@ def _quiet_hf() -> Iterator[None]:
             yield
     finally:
         transformers.logging.set_verbosity(previous)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------- model
@@ -150,6 +154,7 @@ def build_model(
             base.config.pad_token_id = tokenizer.pad_token_id
         if parent_adapter is not None:
             check_adapter_dir(parent_adapter)
+            _check_adapter_weights(parent_adapter)
             try:
                 model = PeftModel.from_pretrained(base, str(parent_adapter), is_trainable=True)
             except Exception as exc:  # corrupt weights surface as many exception types
@@ -529,15 +534,15 @@ def _load_for_inference(base_model: Path, adapter: Path, labels: Sequence[str]) 
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
             base.config.pad_token_id = tokenizer.pad_token_id
+        _check_adapter_weights(adapter)
         try:
             model = PeftModel.from_pretrained(base, str(adapter))
         except Exception as exc:  # safetensors, shape and key errors all mean "corrupt"
             raise AdapterError(f"cannot load adapter {adapter}: {exc}") from exc
-    _check_adapter_loaded(model, adapter)
     return tokenizer, model
 
 
-def _check_adapter_loaded(model: Any, adapter: Path) -> None:
+def _check_adapter_weights(adapter: Path) -> None:
     """PEFT only warns about missing adapter keys; an adapter without weights is corrupt."""
     from safetensors import safe_open
 

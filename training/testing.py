@@ -37,8 +37,14 @@ def tiny_bert(path: Path | str, *, seed: int = 0) -> Path:
     return target
 
 
-def tiny_causal_lm(path: Path | str, corpus: Iterable[str], *, seed: int = 0) -> Path:
-    """Write a tiny GPT-2 and a word-level tokenizer over ``corpus`` to ``path``."""
+def tiny_causal_lm(
+    path: Path | str, corpus: Iterable[str], *, seed: int = 0, pretrain_steps: int = 0
+) -> Path:
+    """Write a tiny GPT-2 and a word-level tokenizer over ``corpus`` to ``path``.
+
+    ``pretrain_steps`` > 0 first trains the whole model on the corpus, so it is a
+    (tiny) language model with opinions that a LoRA adapter then has to change.
+    """
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -48,7 +54,8 @@ def tiny_causal_lm(path: Path | str, corpus: Iterable[str], *, seed: int = 0) ->
     backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<eos>"])
-    backend.train_from_iterator(list(corpus), trainer=trainer)
+    texts = list(corpus)
+    backend.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>"
     )
@@ -63,7 +70,17 @@ def tiny_causal_lm(path: Path | str, corpus: Iterable[str], *, seed: int = 0) ->
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    GPT2LMHeadModel(config).save_pretrained(str(target))
+    model = GPT2LMHeadModel(config)
+    if pretrain_steps > 0:
+        batch = tokenizer([t + " <eos>" for t in texts], padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(pretrain_steps):
+            model(**batch, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     return target
 
