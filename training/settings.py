@@ -68,6 +68,8 @@ class TrainerConfig(_Section):
     min_pool_classes: int = Field(default=2, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Size of the synthetic base dataset (per intent) used for v1 and for replay.
+    base_per_intent: int = Field(default=100, ge=1)
 
     @field_validator("labels")
     @classmethod
@@ -75,9 +77,6 @@ class TrainerConfig(_Section):
         if len(value) < 2 or len(set(value)) != len(value) or not all(value):
             raise ValueError("needs at least two distinct, non-empty labels")
         return value
-
-    # Size of the synthetic base dataset (per intent) used for v1 and for replay.
-    base_per_intent: int = Field(default=100, ge=1)
 
 
 class CausalTrainerConfig(_Section):
