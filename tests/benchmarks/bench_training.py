@@ -84,7 +84,7 @@ def main() -> None:
         best = max(results.values())
         print(f"ratio inference / training throughput: {rate / best:.1f}x")
         print(
-            f"1,000 training samples per epoch take about {1000 / best:.1f} s at the best batch size"
+            f"1,000 training samples per epoch: about {1000 / best:.1f} s at the best batch size"
         )
 
 
