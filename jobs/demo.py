@@ -22,8 +22,11 @@ DEMO_JOB_SETTINGS = {
 }
 
 
+_STARTED = time.monotonic()
+
+
 def _step(message: str) -> None:
-    click.secho(f"\n==> {message}", fg="cyan", bold=True)
+    click.secho(f"\n==> [{time.monotonic() - _STARTED:5.0f} s] {message}", fg="cyan", bold=True)
 
 
 def _info(message: str) -> None:
@@ -74,8 +77,8 @@ def _model_counts(redis: Any, prefix: str, version: str) -> dict[str, int]:
 
 
 @click.command("demo")
-@click.option("--sessions", default=1200, show_default=True, help="Sessions of v1 traffic.")
-@click.option("--fresh-sessions", default=1000, show_default=True,
+@click.option("--sessions", default=1000, show_default=True, help="Sessions of v1 traffic.")
+@click.option("--fresh-sessions", default=600, show_default=True,
               help="Sessions replayed after the canary is out.")
 @click.option("--canary-share", default=0.5, show_default=True, type=float,
               help="Traffic share of the canary during the replay (the registry default is 0.10).")
@@ -86,7 +89,8 @@ def _model_counts(redis: Any, prefix: str, version: str) -> dict[str, int]:
 def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idle_s: float,
          stop_stack: bool) -> None:
     """Run the whole flywheel end to end on the local stack and summarise it."""
-    started = time.monotonic()
+    global _STARTED
+    started = _STARTED = time.monotonic()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

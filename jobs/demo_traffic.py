@@ -182,6 +182,12 @@ def generate_sessions(
                             amount=49.0)
             if rng.random() < 0.3:
                 session.add("feedback", session.pause(5, 30), kind="thumbs_up")
+            elif rng.random() < 0.3:
+                # Bought anyway, but disliked an answer: flagged, and (with an order and a
+                # confident prediction) a medium-quality auto-label for the pool.
+                session.add("feedback", session.pause(5, 30), kind="thumbs_down",
+                            request_id=f"{session.session_id}-r0")
+            session.add("user_message", session.pause(5, 30), text="Thanks, that's all!")
         elif persona == "silent_browser" or (corrected and rng.random() < 0.5):
             session.add("cta_sent", session.pause(1, 2), cta_id="see-offer", cta_type="link")
             session.add("assistant_message", session.pause(1, 2),
@@ -191,6 +197,7 @@ def generate_sessions(
         elif persona == "rater" or corrected:
             rating = rng.randint(1, 2) if corrected else rng.randint(3, 5)
             session.add("feedback", session.pause(5, 30), kind="rating", rating=rating)
+            session.add("user_message", session.pause(5, 30), text="ok, thank you")
         if corrected and rng.random() < 0.5:
             session.add("feedback", session.pause(2, 10), kind="thumbs_down")
         stats.sessions += 1
