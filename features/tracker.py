@@ -38,9 +38,15 @@ class TrackerState:
     seen_event_ts: dict[str, int] = field(default_factory=dict)
     closed_sessions: list[tuple[int, int]] = field(default_factory=list)
     vectors: dict[str, bytes] = field(default_factory=dict)
+    # End of the latest closed session; never pruned (only state TTL forgets it): an
+    # event less than one gap after it is late however far the watermark has moved on.
+    closed_until_ms: int | None = None
 
     def is_empty(self) -> bool:
-        return not (self.open_events or self.seen_event_ts or self.closed_sessions)
+        return not (
+            self.open_events or self.seen_event_ts or self.closed_sessions
+            or self.closed_until_ms is not None
+        )
 
 
 def split_by_gap(events: list[Event], session_gap_ms: int) -> list[list[Event]]:
@@ -67,10 +73,13 @@ def admit(
     """Offer one event: count it once, refuse it when its session already closed."""
     if event.event_id in state.seen_event_ts:
         return Admission.DUPLICATE
-    for start_ms, end_ms in state.closed_sessions:
-        # Within one gap of a closed session it would have merged into it.
-        if start_ms - session_gap_ms < event.ts_ms < end_ms + session_gap_ms:
-            return Admission.LATE
+    if state.closed_until_ms is not None and event.ts_ms < state.closed_until_ms + session_gap_ms:
+        # Less than one gap after the latest closed session it would merge into it (or
+        # into an earlier closed one). Every open session starts at least one gap after
+        # it, so an earlier event cannot chain into one. Checked against this end, not
+        # the pruned ``closed_sessions``: a late event could otherwise chain into a
+        # session accepted after the prune.
+        return Admission.LATE
     candidate = sorted([*state.open_events, event], key=_order_key)
     session = _session_containing(candidate, event, session_gap_ms)
     if watermark_ms >= session[-1].ts_ms + session_gap_ms:
@@ -93,6 +102,8 @@ def close_due(state: TrackerState, watermark_ms: int, session_gap_ms: int) -> li
         if watermark_ms >= session[-1].ts_ms + session_gap_ms:
             closed.append(session)
             state.closed_sessions.append((session[0].ts_ms, session[-1].ts_ms))
+            if state.closed_until_ms is None or session[-1].ts_ms > state.closed_until_ms:
+                state.closed_until_ms = session[-1].ts_ms
         else:
             remaining.extend(session)
     state.open_events = remaining
