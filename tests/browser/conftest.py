@@ -1,8 +1,10 @@
-"""Fixtures for the dashboard's browser tests: Chromium, a live server, seeded Redis.
+"""Fixtures for the dashboard's browser tests: Chromium, a live server, pipeline-fed Redis.
 
-The data the page shows comes from one fixture, ``flywheel_state``; swap it for
-one that runs the real pipeline and the tests stay as they are (they compare the
-page with what Redis holds, never with what the seeder meant to write).
+The data the page shows comes from one fixture, ``flywheel_state``: one run per
+module of the real pipeline (generated traffic -> Kafka -> streaming feature job
+-> Redis, the pool consumer on the job's flagged topic; see ``flywheel_pipeline``).
+The tests compare the page with what Redis holds, never with what the generator
+meant to produce. Tests that use it are marked ``flink`` here.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from dashboard_server import REPO_ROOT, serve
-from flywheel_seed import SeededFlywheel, seed_flywheel
+from flywheel_pipeline import PipelineFlywheel, pipeline_flywheel
 
 from connectors.settings import RedisSettings
 
@@ -76,20 +78,38 @@ def browser(chromium: tuple[str, str]) -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.fixture
-def dashboard_redis(redis_settings: RedisSettings, redis_prefix: str) -> RedisSettings:
-    """The stack's Redis with this test's own key prefix."""
-    return redis_settings.model_copy(update={"key_prefix": redis_prefix})
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test fed by the pipeline runs a PyFlink job: mark it ``flink``."""
+    for item in items:
+        if "flywheel_state" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.flink)
+
+
+@pytest.fixture(scope="module")
+def pipeline_state(
+    stack_endpoints: object, kafka_admin: object, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PipelineFlywheel]:
+    """One run of the real pipeline per module, under a readable prefix of its own."""
+    prefix = f"fw-e2e-{uuid.uuid4().hex[:6]}:"
+    tmp_dir = tmp_path_factory.mktemp("dashboard-pipeline")
+    with pipeline_flywheel(stack_endpoints, kafka_admin, tmp_dir, prefix) as state:
+        print(f"\ndashboard pipeline: {state.records} records, job run {state.job_seconds:.0f} s")
+        yield state
 
 
 @pytest.fixture
-def flywheel_state(dashboard_redis: RedisSettings) -> SeededFlywheel:
-    """The flywheel's Redis state the page shows (seeded as the jobs would write it)."""
-    client = dashboard_redis.client()
-    try:
-        return seed_flywheel(client, dashboard_redis.key_prefix, time.time_ns() // 1_000_000)
-    finally:
-        client.close()
+def flywheel_state(pipeline_state: PipelineFlywheel) -> PipelineFlywheel:
+    """The flywheel's Redis state the page shows, as the pipeline wrote it."""
+    return pipeline_state
+
+
+@pytest.fixture
+def dashboard_redis(
+    redis_settings: RedisSettings, pipeline_state: PipelineFlywheel
+) -> RedisSettings:
+    """The stack's Redis, read under the pipeline run's key prefix."""
+    return redis_settings.model_copy(update={"key_prefix": pipeline_state.prefix})
 
 
 @pytest.fixture
