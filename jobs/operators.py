@@ -46,6 +46,12 @@ DLQ_TAG = OutputTag("dead-letters", KEYED_JSON_TYPE)
 
 NEGATIVE_KINDS = frozenset({"thumbs_down", "edit", "correction"})
 
+# A dead letter must fit in one Kafka record: the DLQ producer's max.request.size is 1 MiB
+# by default, and a record it cannot send fails the job, which then replays the same
+# record forever. JSON escaping can grow text up to 6x, so the raw text is capped at
+# 128 Ki characters; the source topic/partition/offset still point at the whole record.
+DLQ_MAX_RAW_CHARS = 128 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class SourcePosition:
@@ -63,6 +69,22 @@ def _now_ms() -> int:
 
 def utc_date(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ms // 1000))
+
+
+def dead_letter_json(message: dict[str, Any], raw_size_bytes: int) -> str:
+    """The dead-letter message as JSON, its ``raw`` cut to ``DLQ_MAX_RAW_CHARS`` if longer.
+
+    A cut message says so with ``raw_truncated: true`` and ``raw_size_bytes``; base64 is
+    cut at a multiple of 4 characters so the kept part still decodes.
+    """
+    if len(message["raw"]) > DLQ_MAX_RAW_CHARS:
+        message = {
+            **message,
+            "raw": message["raw"][:DLQ_MAX_RAW_CHARS],
+            "raw_truncated": True,
+            "raw_size_bytes": raw_size_bytes,
+        }
+    return json.dumps(message, ensure_ascii=False)
 
 
 class ParseEvents(ProcessFunction):
@@ -94,7 +116,7 @@ class ParseEvents(ProcessFunction):
             )
             if self._sink is not None:
                 self._sink.count({"dlq": 1, f"dlq:{result.reason}": 1})
-            yield DLQ_TAG, Row(result.session_id, json.dumps(message, ensure_ascii=False))
+            yield DLQ_TAG, Row(result.session_id, dead_letter_json(message, len(raw)))
             return
         yield result, SourcePosition(topic, partition, offset, raw)
 
@@ -169,6 +191,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.state = runtime_context.get_state(descriptor)
         # Embedding micro-batch shared by all keys of this subtask (not state: recomputable).
         self.pending_texts: dict[str, str] = {}
+        self.pending_since_ms = 0
         self.vector_cache: dict[str, bytes] = {}
         self.last_input_wall_ms = _now_ms()
         self.idle_watermark_ms = -(2**63)
@@ -192,8 +215,15 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         else:
             self.state.update(state)
 
-    def _flush_embeddings(self) -> None:
+    def _flush_embeddings(self, *, due_only: bool = False) -> None:
+        """Encode the pending texts of all keys in one batch.
+
+        With ``due_only`` only when the oldest text has waited ``embedding_max_delay``:
+        flushing on every timer would encode one or two texts at a time.
+        """
         if not self.pending_texts or self.embedder is None:
+            return
+        if due_only and _now_ms() - self.pending_since_ms < self.embed_delay_ms:
             return
         ids = list(self.pending_texts)
         vectors = self.embedder.encode_to_bytes([self.pending_texts[i] for i in ids])
@@ -250,7 +280,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         feats = self._compute(state, session, watermark_ms)
         from jobs.redis_sink import session_version
 
-        version = session_version(session[0].ts_ms, False, len(session), watermark_ms)
+        version = session_version(session[-1].ts_ms, False, len(session), watermark_ms)
         self.sink.write_session(
             session[0].session_id, feats.to_redis_hash(), status="open", version=version
         )
@@ -267,7 +297,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 state.vectors.pop(event.event_id, None)
             if self.sink is not None:
                 pipe = self.sink.pipeline()
-                version = session_version(session[0].ts_ms, True, len(session), 0)
+                version = session_version(session[-1].ts_ms, True, len(session), 0)
                 self.sink.write_session(
                     row["session_id"], feats.to_redis_hash(), status="closed",
                     version=version, pipe=pipe,
@@ -326,7 +356,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 source_partition=position.partition, source_offset=position.offset,
                 rejected_at_ms=_now_ms(),
             )
-            yield DLQ_TAG, Row(event.session_id, json.dumps(message, ensure_ascii=False))
+            yield DLQ_TAG, Row(event.session_id, dead_letter_json(message, len(position.raw)))
         else:
             if isinstance(event, Feedback):
                 counters["explicit_signals"] = 1
@@ -335,6 +365,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 ):
                     counters["negative_feedback"] = 1
             if self.embedder is not None and isinstance(event, UserMessage):
+                if not self.pending_texts:
+                    self.pending_since_ms = _now_ms()
                 self.pending_texts[event.event_id] = event.text
                 if len(self.pending_texts) >= self.embed_batch:
                     self._flush_embeddings()
@@ -379,7 +411,21 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.last_input_wall_ms + self.idle_ms + 1
             )
         if self.embedder is not None and state.open_events:
-            self._flush_embeddings()
+            self._flush_embeddings(due_only=True)
+            missing = [
+                e for e in self._missing_vectors(state, state.open_events)
+                if e.event_id not in self.vector_cache
+            ]
+            if any(e.event_id not in self.pending_texts for e in missing):
+                # Pending texts are not state: after a restore, encode this key's now.
+                for event in missing:
+                    self.pending_texts.setdefault(event.event_id, event.text)
+                self._flush_embeddings()
+            elif missing:
+                # Not encoded yet: look again when the oldest pending text is due.
+                ctx.timer_service().register_processing_time_timer(
+                    max(now, self.pending_since_ms + self.embed_delay_ms) + 1
+                )
             if self.sink is not None:
                 watermark_ms = self._watermark(ctx)
                 for session in tracker.open_sessions(state, self.gap_ms):

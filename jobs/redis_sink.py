@@ -28,10 +28,16 @@ return 1
 MINUTE_STATS_TTL_S = 2 * 24 * 3600
 
 
-def session_version(session_start_ms: int, closed: bool, event_count: int, as_of_ms: int) -> str:
-    """Sortable version: later session, then closed over open, then more events, then later time."""
+def session_version(session_end_ms: int, closed: bool, event_count: int, as_of_ms: int) -> str:
+    """Sortable version: later end, then closed over open, then more events, then later time.
+
+    Keyed on the session's *end*, not its start: an event delivered out of order can move a
+    session's start earlier (the version would go backwards and every later write of the
+    session, its close included, would be refused), while its end never decreases. A later
+    session of the same session_id ends later, so it still wins over an earlier one.
+    """
     return (
-        f"{max(session_start_ms, 0):016d}:{int(closed)}:{event_count:08d}:{max(as_of_ms, 0):016d}"
+        f"{max(session_end_ms, 0):016d}:{int(closed)}:{event_count:08d}:{max(as_of_ms, 0):016d}"
     )
 
 
