@@ -104,7 +104,9 @@ def stop_when_idle(
     try:
         while True:
             time.sleep(1.0)
-            status = str(client.get_job_status().result())
+            # PyFlink's JobStatus is an Enum: str() gives "JobStatus.FAILED", its name "FAILED".
+            job_status = client.get_job_status().result()
+            status = getattr(job_status, "name", str(job_status))
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 raise click.ClickException(f"feature job ended with status {status}")
             idle = monitor.idle_for()

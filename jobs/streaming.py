@@ -223,6 +223,21 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
     return parsed, sessions
 
 
+def _valid_event_time_sql(json_text: str) -> str:
+    """SQL for the record's ``ts_ms`` when its envelope is valid, else 0 (see the caller)."""
+    from schemas.events import (
+        EVENT_CLASSES, MAX_TS_MS_EXCLUSIVE, MIN_TS_MS, SUPPORTED_SCHEMA_VERSION,
+    )
+
+    ts = f"TRY_CAST(JSON_VALUE({json_text}, '$.ts_ms') AS BIGINT)"
+    types = ", ".join(_sql_string(t) for t in EVENT_CLASSES)
+    return f"""CASE
+      WHEN JSON_VALUE({json_text}, '$.schema_version') = '{SUPPORTED_SCHEMA_VERSION}'
+       AND JSON_VALUE({json_text}, '$.event_type') IN ({types})
+       AND {ts} >= {MIN_TS_MS} AND {ts} < {MAX_TS_MS_EXCLUSIVE}
+      THEN {ts} ELSE 0 END"""
+
+
 def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False) -> tuple[Any, Any]:
     """The streaming job: Kafka events -> Redis, Parquet, flagged and dead-letter topics."""
     from pyflink.common.typeinfo import Types
@@ -249,15 +264,17 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
         source_options["scan.bounded.mode"] = "latest-offset"
     # Event time is read from the JSON in the JVM so the Kafka source can keep one
     # watermark per partition (a backlog read across partitions is not "out of order").
-    # Unparseable records get time 0, which never advances a watermark.
+    # Records that will be rejected get time 0, which never advances a watermark: at
+    # least those with a bad envelope (schema_version, event_type, ts_ms out of range).
+    # Without the range check a ts_ms beyond 2100 would move event time to its year and
+    # make every later event late, and one that overflows TO_TIMESTAMP_LTZ fails the job.
     bound_s = ctx.job.max_out_of_order.total_seconds()
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE raw_events (
   `value` BYTES,
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  `event_time` AS TO_TIMESTAMP_LTZ(
-      COALESCE(TRY_CAST(JSON_VALUE(CAST(`value` AS STRING), '$.ts_ms') AS BIGINT), 0), 3),
+  `event_time` AS TO_TIMESTAMP_LTZ({_valid_event_time_sql("CAST(`value` AS STRING)")}, 3),
   WATERMARK FOR `event_time` AS `event_time` - INTERVAL '{bound_s:.3f}' SECOND
 ) WITH (
   {_with(source_options)}
@@ -298,6 +315,8 @@ def _jsonl_source_options(input_path: str) -> dict[str, str]:
 
 def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple[Any, Any]:
     """The same feature logic over JSON Lines files, in Flink's batch mode."""
+    from urllib.parse import urlsplit
+
     from pyflink.common import Row
     from pyflink.common.typeinfo import Types
     from pyflink.datastream.connectors.file_system import (
@@ -315,8 +334,17 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
 ) WITH (
   {_with(_jsonl_source_options(input_path))}
 )""")
+    # Flink's file.path metadata is the path alone ("/prefix/part-0.jsonl"): dead letters
+    # name the file by its full URI, bucket included.
+    source = urlsplit(input_path)
+    uri_prefix = f"{source.scheme}://{source.netloc}" if source.scheme else ""
+
+    def with_file_uri(r: Any) -> Any:
+        path = r[1]
+        return Row(r[0], path if ":" in path.split("/", 1)[0] else uri_prefix + path, None, None)
+
     lines = t_env.to_data_stream(t_env.from_path("raw_lines")).map(
-        lambda r: Row(r[0], r[1], None, None), output_type=RAW_LINE_TYPE
+        with_file_uri, output_type=RAW_LINE_TYPE
     ).uid("read-lines").name("JSON Lines")
     parsed, sessions = _session_features(ctx, lines, bounded=True)
 
