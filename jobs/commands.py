@@ -160,29 +160,71 @@ def _submit_to_cluster(jobmanager: str, savepoint: str | None) -> str | None:
 
 
 @click.command("run")
-@click.option("--jobmanager", default=None, help="Submit to a Flink cluster at HOST:PORT instead of the embedded MiniCluster.")
-@click.option("--stop-when-idle", "stop_when_idle", type=float, default=None, metavar="SECONDS",
-              help="Stop with a final savepoint once the input has been idle this long.")
-@click.option("--drain/--no-drain", default=True, show_default=True,
-              help="On --stop-when-idle, advance to the end of event time so every open session closes.")
-@click.option("--from-savepoint", "savepoint", default=None, help="Resume from this savepoint or retained checkpoint.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override a job setting (e.g. --set session_gap=PT5M); env FLYWHEEL_JOB_* works too.")
-def run(jobmanager: str | None, stop_when_idle: float | None, drain: bool, savepoint: str | None,
-        settings: tuple[str, ...]) -> None:
+@click.option(
+    "--jobmanager",
+    default=None,
+    help="Submit to a Flink cluster at HOST:PORT instead of the embedded MiniCluster.",
+)
+@click.option(
+    "--stop-when-idle",
+    "stop_when_idle",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Stop with a final savepoint once the input has been idle this long.",
+)
+@click.option(
+    "--drain/--no-drain",
+    default=True,
+    show_default=True,
+    help="On --stop-when-idle, advance to the end of event time so every open session closes.",
+)
+@click.option(
+    "--from-savepoint",
+    "savepoint",
+    default=None,
+    help="Resume from this savepoint or retained checkpoint.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a job setting (e.g. --set session_gap=PT5M); env FLYWHEEL_JOB_* works too.",
+)
+def run(
+    jobmanager: str | None,
+    stop_when_idle: float | None,
+    drain: bool,
+    savepoint: str | None,
+    settings: tuple[str, ...],
+) -> None:
     """Run the streaming feature job (Kafka -> Redis, Parquet, flagged, dead letters)."""
     ctx = _load(_parse_overrides(settings))
-    final = run_streaming(ctx, stop_when_idle_s=stop_when_idle, drain=drain, savepoint=savepoint,
-                          jobmanager=jobmanager)
+    final = run_streaming(
+        ctx,
+        stop_when_idle_s=stop_when_idle,
+        drain=drain,
+        savepoint=savepoint,
+        jobmanager=jobmanager,
+    )
     if final:
         click.echo(f"stopped; final savepoint: {final}")
 
 
 @click.command("backfill")
-@click.option("--events", "events_path", required=True,
-              help="A JSON Lines file, a folder of *.jsonl, or an s3:// prefix.")
-@click.option("--out", "out_base", required=True, help="Output base: a local path or s3://bucket/prefix.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a job setting.")
+@click.option(
+    "--events",
+    "events_path",
+    required=True,
+    help="A JSON Lines file, a folder of *.jsonl, or an s3:// prefix.",
+)
+@click.option(
+    "--out", "out_base", required=True, help="Output base: a local path or s3://bucket/prefix."
+)
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override a job setting."
+)
 def backfill(events_path: str, out_base: str, settings: tuple[str, ...]) -> None:
     """Compute the contract's outputs over JSON Lines files in Flink's batch mode."""
     ctx = _load(_parse_overrides(settings))

@@ -42,15 +42,18 @@ def _produce(events: list[dict[str, Any]], label: str) -> None:
 
     from connectors.producer import EventProducer
 
-    with EventProducer() as producer, tqdm(total=len(events), desc=f"    {label}",
-                                           unit="ev", leave=True) as bar:
+    with (
+        EventProducer() as producer,
+        tqdm(total=len(events), desc=f"    {label}", unit="ev", leave=True) as bar,
+    ):
         for event in events:
             producer.send(event)
             bar.update(1)
 
 
-def _run_phase(ctx: Any, sessions: list[list[dict[str, Any]]], label: str, savepoint: str | None,
-               idle_s: float) -> str:
+def _run_phase(
+    ctx: Any, sessions: list[list[dict[str, Any]]], label: str, savepoint: str | None, idle_s: float
+) -> str:
     """Start the feature job, play the traffic, wait until every session closed."""
     from tqdm import tqdm
 
@@ -60,8 +63,13 @@ def _run_phase(ctx: Any, sessions: list[list[dict[str, Any]]], label: str, savep
     client = start_streaming(ctx, savepoint=savepoint)
     events = sorted((e for s in sessions for e in s), key=lambda e: (e["ts_ms"], e["event_id"]))
     _produce(events, label)
-    with tqdm(total=idle_s, desc="    waiting for the job to catch up", unit="s",
-              bar_format="{desc}: idle {n:.0f}/{total:.0f} s") as bar:
+    with tqdm(
+        total=idle_s,
+        desc="    waiting for the job to catch up",
+        unit="s",
+        bar_format="{desc}: idle {n:.0f}/{total:.0f} s",
+    ) as bar:
+
         def progress(idle: float) -> None:
             bar.n = min(idle, idle_s)
             bar.refresh()
@@ -78,16 +86,36 @@ def _model_counts(redis: Any, prefix: str, version: str) -> dict[str, int]:
 
 @click.command("demo")
 @click.option("--sessions", default=1000, show_default=True, help="Sessions of v1 traffic.")
-@click.option("--fresh-sessions", default=600, show_default=True,
-              help="Sessions replayed after the canary is out.")
-@click.option("--canary-share", default=0.5, show_default=True, type=float,
-              help="Traffic share of the canary during the replay (the registry default is 0.10).")
+@click.option(
+    "--fresh-sessions",
+    default=600,
+    show_default=True,
+    help="Sessions replayed after the canary is out.",
+)
+@click.option(
+    "--canary-share",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Traffic share of the canary during the replay (the registry default is 0.10).",
+)
 @click.option("--seed", default=7, show_default=True)
-@click.option("--idle", "idle_s", default=8.0, show_default=True,
-              help="Seconds of idle input before a phase's job stops.")
+@click.option(
+    "--idle",
+    "idle_s",
+    default=8.0,
+    show_default=True,
+    help="Seconds of idle input before a phase's job stops.",
+)
 @click.option("--stop-stack", is_flag=True, help="Stop the local stack at the end.")
-def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idle_s: float,
-         stop_stack: bool) -> None:
+def demo(
+    sessions: int,
+    fresh_sessions: int,
+    canary_share: float,
+    seed: int,
+    idle_s: float,
+    stop_stack: bool,
+) -> None:
     """Run the whole flywheel end to end on the local stack and summarise it."""
     global _STARTED
     started = _STARTED = time.monotonic()
@@ -100,8 +128,10 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     endpoints = ensure_up(progress=_info)
     for key, value in endpoints.to_env().items():
         os.environ.setdefault(key, value)
-    _info(f"Kafka {endpoints.kafka_bootstrap} | Redis {endpoints.redis_url} | "
-          f"S3 {endpoints.s3_endpoint_url}")
+    _info(
+        f"Kafka {endpoints.kafka_bootstrap} | Redis {endpoints.redis_url} | "
+        f"S3 {endpoints.s3_endpoint_url}"
+    )
 
     _step("2/8 topics")
     from connectors.settings import KafkaSettings, RedisSettings, S3Settings
@@ -149,20 +179,29 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     from jobs.streaming import load_context
 
     run_id = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-    state_dir = Path(endpoints.state_dir) if getattr(endpoints, "state_dir", None) else Path(".flywheel")
+    state_dir = (
+        Path(endpoints.state_dir) if getattr(endpoints, "state_dir", None) else Path(".flywheel")
+    )
     demo_dir = state_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
     savepoint_file = demo_dir / "last-savepoint"
     savepoint = savepoint_file.read_text().strip() if savepoint_file.exists() else None
-    ctx = load_context(**DEMO_JOB_SETTINGS,
-                       checkpoint_dir=(demo_dir / "checkpoints").resolve().as_uri())
+    ctx = load_context(
+        **DEMO_JOB_SETTINGS, checkpoint_dir=(demo_dir / "checkpoints").resolve().as_uri()
+    )
     now_ms = int(time.time() * 1000)
 
     _step(f"4/8 traffic served by {stable}: {sessions} sessions through the producer SDK")
     before = TrafficStats()
     phase1 = generate_sessions(
-        sessions=sessions, start_ms=now_ms - 8 * 3600 * 1000, spacing_ms=15_000, seed=seed,
-        route=lambda user: stable, predict=predict, session_prefix=f"demo{run_id}a", stats=before,
+        sessions=sessions,
+        start_ms=now_ms - 8 * 3600 * 1000,
+        spacing_ms=15_000,
+        seed=seed,
+        route=lambda user: stable,
+        predict=predict,
+        session_prefix=f"demo{run_id}a",
+        stats=before,
     )
     totals_before = {k: int(v) for k, v in redis.hgetall(f"{prefix}stats:total").items()}
     model_before = _model_counts(redis, prefix, stable)
@@ -173,7 +212,8 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     flagged_1 = totals.get("sessions_flagged", 0) - totals_before.get("sessions_flagged", 0)
     reasons_1 = {
         k.split(":", 1)[1]: v - totals_before.get(k, 0)
-        for k, v in totals.items() if k.startswith("flagged:")
+        for k, v in totals.items()
+        if k.startswith("flagged:")
     }
     _info(f"{closed_1} sessions closed, {flagged_1} flagged ({_rate(flagged_1, closed_1)})")
     _info("by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons_1.items()) if v))
@@ -184,9 +224,13 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     consumed = report_dict.get("consumed") or {}
     _info(f"pool: {json.dumps(consumed, default=str)[:300]}")
     _info(f"trigger: {json.dumps(report_dict.get('trigger'), default=str)[:300]}")
-    _info(f"result: {report_dict.get('action')} {report_dict.get('version') or ''} "
-          f"{(report_dict.get('gate') or {}).get('summary', '')}")
-    candidate = report_dict.get("version") if report_dict.get("action") == "promoted_canary" else None
+    _info(
+        f"result: {report_dict.get('action')} {report_dict.get('version') or ''} "
+        f"{(report_dict.get('gate') or {}).get('summary', '')}"
+    )
+    candidate = (
+        report_dict.get("version") if report_dict.get("action") == "promoted_canary" else None
+    )
 
     if candidate:
         _step(f"6/8 canary {candidate} at {canary_share:.0%} of users")
@@ -201,8 +245,13 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     _step(f"7/8 fresh traffic: {fresh_sessions} sessions, routed by user")
     after = TrafficStats()
     phase2 = generate_sessions(
-        sessions=fresh_sessions, start_ms=now_ms - 4 * 3600 * 1000, spacing_ms=10_000,
-        seed=seed + 1, route=route_user, predict=predict, session_prefix=f"demo{run_id}b",
+        sessions=fresh_sessions,
+        start_ms=now_ms - 4 * 3600 * 1000,
+        spacing_ms=10_000,
+        seed=seed + 1,
+        route=route_user,
+        predict=predict,
+        session_prefix=f"demo{run_id}b",
         stats=after,
     )
     savepoint = _run_phase(ctx, phase2, "fresh events", savepoint, idle_s)
@@ -215,30 +264,51 @@ def demo(sessions: int, fresh_sessions: int, canary_share: float, seed: int, idl
     rows = [("phase", "model", "sessions", "flagged rate", "weak-slice accuracy")]
     s1 = model_before
     d_sessions = stable_after.get("sessions", 0) - s1.get("sessions", 0)
-    rows.append(("before", stable, str(closed_1), _rate(flagged_1, closed_1),
-                 _pct(before.slice_accuracy(stable))))
+    rows.append(
+        (
+            "before",
+            stable,
+            str(closed_1),
+            _rate(flagged_1, closed_1),
+            _pct(before.slice_accuracy(stable)),
+        )
+    )
     if candidate:
         canary_counts = _model_counts(redis, prefix, candidate)
         stable_p2 = {
             k: stable_after.get(k, 0) - s1.get(k, 0) - _phase1_share(k, closed_1, flagged_1)
             for k in ("sessions", "flagged_sessions")
         }
-        rows.append(("after", f"{stable} (stable)", str(stable_p2["sessions"]),
-                     _rate(stable_p2["flagged_sessions"], stable_p2["sessions"]),
-                     _pct(after.slice_accuracy(stable))))
-        rows.append(("after", f"{candidate} (canary)", str(canary_counts.get("sessions", 0)),
-                     _rate(canary_counts.get("flagged_sessions", 0), canary_counts.get("sessions", 0)),
-                     _pct(after.slice_accuracy(candidate))))
+        rows.append(
+            (
+                "after",
+                f"{stable} (stable)",
+                str(stable_p2["sessions"]),
+                _rate(stable_p2["flagged_sessions"], stable_p2["sessions"]),
+                _pct(after.slice_accuracy(stable)),
+            )
+        )
+        rows.append(
+            (
+                "after",
+                f"{candidate} (canary)",
+                str(canary_counts.get("sessions", 0)),
+                _rate(canary_counts.get("flagged_sessions", 0), canary_counts.get("sessions", 0)),
+                _pct(after.slice_accuracy(candidate)),
+            )
+        )
     else:
         rows.append(("after", stable, str(d_sessions), "", _pct(after.slice_accuracy(stable))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        click.echo("    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
     gate = (report_dict.get("gate") or {}).get("summary")
     if gate:
         _info(f"evaluation gate on held-out data: {gate}")
     _info(f"registry: {json.dumps(registry.pointers().to_dict())}")
-    _info(f"offline features: {ctx.job.output_base or f's3://{s3.bucket}/flywheel'}/session_features/")
+    _info(
+        f"offline features: {ctx.job.output_base or f's3://{s3.bucket}/flywheel'}/session_features/"
+    )
     _info("explore: .venv/bin/flywheel dashboard  (http://127.0.0.1:8050)")
     _info(f"took {time.monotonic() - started:.0f} s")
     if stop_stack:

@@ -123,8 +123,11 @@ def generate_sessions(
             turns = [next(weak)] + [next(core) for _ in range(rng.randint(0, 1))]
         elif persona == "repeater":
             first = next(core)
-            turns = [first, first, LabeledText(text=first.text.upper() + "??", label=first.label,
-                                               slice=first.slice)]
+            turns = [
+                first,
+                first,
+                LabeledText(text=first.text.upper() + "??", label=first.label, slice=first.slice),
+            ]
         else:
             turns = [next(core) for _ in range(rng.randint(1, 3))]
         plans.append((number, persona, user_id, route(user_id), turns))
@@ -137,7 +140,9 @@ def generate_sessions(
 
     out = []
     for number, persona, user_id, version, turns in plans:
-        session = _Session(f"{session_prefix}-{number:05d}", user_id, start_ms + number * spacing_ms, rng)
+        session = _Session(
+            f"{session_prefix}-{number:05d}", user_id, start_ms + number * spacing_ms, rng
+        )
         session.add("fsm_state", to_state="greeting")
         state = "greeting"
         corrected = False
@@ -146,15 +151,20 @@ def generate_sessions(
             stats.record(version, turn, prediction.intent)
             request_id = f"{session.session_id}-r{index}"
             session.add(
-                "user_message", session.pause(5, 40), text=turn.text, request_id=request_id,
+                "user_message",
+                session.pause(5, 40),
+                text=turn.text,
+                request_id=request_id,
                 predicted_intent=prediction.intent,
                 intent_confidence=round(min(1.0, max(0.0, prediction.confidence)), 4),
                 model_version=version,
             )
             slow = rng.random() < 0.03
             session.add(
-                "assistant_message", session.pause(1, 3),
-                text=ANSWERS.get(prediction.intent, "Let me check."), request_id=request_id,
+                "assistant_message",
+                session.pause(1, 3),
+                text=ANSWERS.get(prediction.intent, "Let me check."),
+                request_id=request_id,
                 response_time_ms=rng.randint(16_000, 30_000) if slow else rng.randint(300, 2_500),
                 model_version=version,
             )
@@ -164,35 +174,62 @@ def generate_sessions(
                     session.add("fsm_state", 500, from_state=state, to_state=target)
                     state = target
             if prediction.intent != turn.label and rng.random() < 0.85:
-                session.add("user_message", session.pause(5, 20),
-                            text=f"No, that's not what I asked. I meant {turn.label.replace('_', ' ')}.")
-                session.add("feedback", 1_000, kind="correction", request_id=request_id,
-                            corrected_intent=turn.label)
-                session.add("assistant_message", session.pause(1, 3), text=ANSWERS[turn.label],
-                            model_version=version, response_time_ms=rng.randint(300, 2_500))
+                session.add(
+                    "user_message",
+                    session.pause(5, 20),
+                    text=f"No, that's not what I asked. I meant {turn.label.replace('_', ' ')}.",
+                )
+                session.add(
+                    "feedback",
+                    1_000,
+                    kind="correction",
+                    request_id=request_id,
+                    corrected_intent=turn.label,
+                )
+                session.add(
+                    "assistant_message",
+                    session.pause(1, 3),
+                    text=ANSWERS[turn.label],
+                    model_version=version,
+                    response_time_ms=rng.randint(300, 2_500),
+                )
                 corrected = True
         if persona in ("buyer", "delivery_asker") and not corrected and rng.random() < 0.8:
             session.add("cta_sent", session.pause(1, 2), cta_id="add-to-cart", cta_type="button")
             session.add("cta_click", session.pause(5, 120), cta_id="add-to-cart")
-            session.add("cart_add", session.pause(2, 20), sku=f"SKU-{rng.randint(100, 999)}",
-                        quantity=1, amount=49.0)
+            session.add(
+                "cart_add",
+                session.pause(2, 20),
+                sku=f"SKU-{rng.randint(100, 999)}",
+                quantity=1,
+                amount=49.0,
+            )
             session.add("fsm_state", 500, from_state=state, to_state="checkout")
             if rng.random() < 0.8:
-                session.add("order", session.pause(30, 240), order_id=f"o-{session.session_id}",
-                            amount=49.0)
+                session.add(
+                    "order", session.pause(30, 240), order_id=f"o-{session.session_id}", amount=49.0
+                )
             if rng.random() < 0.3:
                 session.add("feedback", session.pause(5, 30), kind="thumbs_up")
             elif rng.random() < 0.3:
                 # Bought anyway, but disliked an answer: flagged, and (with an order and a
                 # confident prediction) a medium-quality auto-label for the pool.
-                session.add("feedback", session.pause(5, 30), kind="thumbs_down",
-                            request_id=f"{session.session_id}-r0")
+                session.add(
+                    "feedback",
+                    session.pause(5, 30),
+                    kind="thumbs_down",
+                    request_id=f"{session.session_id}-r0",
+                )
             session.add("user_message", session.pause(5, 30), text="Thanks, that's all!")
         elif persona == "silent_browser" or (corrected and rng.random() < 0.5):
             session.add("cta_sent", session.pause(1, 2), cta_id="see-offer", cta_type="link")
-            session.add("assistant_message", session.pause(1, 2),
-                        text="Anything else I can help with?", model_version=version,
-                        response_time_ms=rng.randint(300, 2_500))
+            session.add(
+                "assistant_message",
+                session.pause(1, 2),
+                text="Anything else I can help with?",
+                model_version=version,
+                response_time_ms=rng.randint(300, 2_500),
+            )
             # ...and the user never answers: a long silence, the CTA ignored.
         elif persona == "rater" or corrected:
             rating = rng.randint(1, 2) if corrected else rng.randint(3, 5)

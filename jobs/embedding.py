@@ -126,7 +126,7 @@ class EmbeddingProcess:
         if reply.startswith(b"error:"):
             raise RuntimeError(reply.decode("utf-8", "replace"))
         row = len(reply) // len(texts)
-        return [reply[i * row:(i + 1) * row] for i in range(len(texts))]
+        return [reply[i * row : (i + 1) * row] for i in range(len(texts))]
 
     def close(self) -> None:
         if self._proc.poll() is None:

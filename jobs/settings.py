@@ -59,8 +59,14 @@ class FeatureJobSettings(FlywheelSettings):
     state_ttl: timedelta = timedelta(days=2)
 
     @field_validator(
-        "session_gap", "max_out_of_order", "idle_timeout", "cta_window", "silence_gap",
-        "checkpoint_interval", "embedding_max_delay", "flagged_transaction_timeout",
+        "session_gap",
+        "max_out_of_order",
+        "idle_timeout",
+        "cta_window",
+        "silence_gap",
+        "checkpoint_interval",
+        "embedding_max_delay",
+        "flagged_transaction_timeout",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:

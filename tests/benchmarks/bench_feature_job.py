@@ -26,10 +26,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 QUESTIONS = [
-    "how much is shipping to {city}?", "do you have the {product} in {color}?",
-    "what is the return policy for {product}?", "is there a discount on {product}?",
-    "when will my order arrive in {city}?", "can I talk to a human about {product}?",
-    "what sizes does the {product} come in?", "does the {product} have a warranty?",
+    "how much is shipping to {city}?",
+    "do you have the {product} in {color}?",
+    "what is the return policy for {product}?",
+    "is there a discount on {product}?",
+    "when will my order arrive in {city}?",
+    "can I talk to a human about {product}?",
+    "what sizes does the {product} come in?",
+    "does the {product} have a warranty?",
 ]
 SLOTS = {
     "city": ["Lyon", "Berlin", "Osaka", "Austin", "Porto", "Oslo"],
@@ -46,28 +50,51 @@ def session_events(rng: random.Random, session_id: str, start_ms: int) -> list[d
     def add(event_type: str, **fields: object) -> None:
         nonlocal ts
         ts += rng.randint(2_000, 40_000)
-        events.append({
-            "event_id": uuid.uuid4().hex, "event_type": event_type, "schema_version": 1,
-            "session_id": session_id, "user_id": "u-" + session_id, "ts_ms": ts, **fields,
-        })
+        events.append(
+            {
+                "event_id": uuid.uuid4().hex,
+                "event_type": event_type,
+                "schema_version": 1,
+                "session_id": session_id,
+                "user_id": "u-" + session_id,
+                "ts_ms": ts,
+                **fields,
+            }
+        )
 
     for turn in range(4):
         text = rng.choice(QUESTIONS).format(**{k: rng.choice(v) for k, v in SLOTS.items()})
-        add("user_message", text=text, request_id=f"r{turn}", predicted_intent="shipping",
-            intent_confidence=round(rng.random(), 3), model_version="v1")
-        add("assistant_message", text="Here is what I found.", response_time_ms=rng.randint(300, 20_000),
-            model_version="v1")
+        add(
+            "user_message",
+            text=text,
+            request_id=f"r{turn}",
+            predicted_intent="shipping",
+            intent_confidence=round(rng.random(), 3),
+            model_version="v1",
+        )
+        add(
+            "assistant_message",
+            text="Here is what I found.",
+            response_time_ms=rng.randint(300, 20_000),
+            model_version="v1",
+        )
     add("cta_sent", cta_id="c1")
     add("cta_click", cta_id="c1")
     add("fsm_state", to_state=rng.choice(["browse", "cart", "checkout"]))
-    add("feedback", kind=rng.choice(["thumbs_up", "thumbs_down", "rating"]), rating=rng.randint(1, 5))
+    add(
+        "feedback",
+        kind=rng.choice(["thumbs_up", "thumbs_down", "rating"]),
+        rating=rng.randint(1, 5),
+    )
     return events
 
 
 def produce(bootstrap: str, topic: str, events: list[dict]) -> None:
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     for event in events:
         producer.produce(topic, json.dumps(event).encode(), key=event["session_id"].encode())
         producer.poll(0)
@@ -77,10 +104,14 @@ def produce(bootstrap: str, topic: str, events: list[dict]) -> None:
 def raw_consume_rate(bootstrap: str, topic: str, expected: int) -> float:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "bench-raw-" + uuid.uuid4().hex,
-        "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-raw-" + uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([topic])
     seen, started = 0, None
     while seen < expected:
@@ -137,8 +168,10 @@ def main() -> None:
         backlog.extend(session_events(rng, f"b{i}", base_ms + i * 500))
     user_texts = [e["text"] for e in backlog if e["event_type"] == "user_message"]
     user_share = len(user_texts) / len(backlog)
-    print(f"message mix: {len(backlog)} events in {args.sessions} sessions, "
-          f"{user_share:.0%} user messages")
+    print(
+        f"message mix: {len(backlog)} events in {args.sessions} sessions, "
+        f"{user_share:.0%} user messages"
+    )
 
     ctx = load_context(
         output_base=f"s3://{os.environ.get('FLYWHEEL_S3_BUCKET', 'flywheel')}/bench-{suffix}",
@@ -146,7 +179,9 @@ def main() -> None:
     )
     rate_encode = encode_rate(user_texts[:3000], ctx.job.embedding_batch_size)
     ceiling = rate_encode / user_share
-    print(f"encode alone: {rate_encode:,.0f} texts/s -> encode-bound ceiling {ceiling:,.0f} events/s")
+    print(
+        f"encode alone: {rate_encode:,.0f} texts/s -> encode-bound ceiling {ceiling:,.0f} events/s"
+    )
 
     produce(bootstrap, topics["events"], backlog)
     rate_raw = raw_consume_rate(bootstrap, topics["events"], len(backlog))
@@ -166,27 +201,48 @@ def main() -> None:
         lo = next(s for s in samples if s[1] >= 0.1 * len(backlog))
         hi = next(s for s in samples if s[1] >= 0.9 * len(backlog))
         sustained = (hi[1] - lo[1]) / (hi[0] - lo[0])
-        print(f"job sustained: {sustained:,.0f} events/s "
-              f"({sustained / ceiling:.0%} of encode-bound ceiling, "
-              f"{sustained / rate_raw:.1%} of raw consume)")
+        print(
+            f"job sustained: {sustained:,.0f} events/s "
+            f"({sustained / ceiling:.0%} of encode-bound ceiling, "
+            f"{sustained / rate_raw:.1%} of raw consume)"
+        )
 
-        latencies = measure_latency(bootstrap, topics["events"], redis, prefix,
-                                    rate=sustained / 2, seconds=args.latency_seconds, rng=rng)
+        latencies = measure_latency(
+            bootstrap,
+            topics["events"],
+            redis,
+            prefix,
+            rate=sustained / 2,
+            seconds=args.latency_seconds,
+            rng=rng,
+        )
         latencies.sort()
         p50 = statistics.median(latencies)
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
-        print(f"event->Redis latency at {sustained / 2:,.0f} events/s: "
-              f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(latencies)} events")
+        print(
+            f"event->Redis latency at {sustained / 2:,.0f} events/s: "
+            f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(latencies)} events"
+        )
     finally:
         client.cancel().result()
 
 
-def measure_latency(bootstrap: str, topic: str, redis: object, prefix: str, *, rate: float,
-                    seconds: float, rng: random.Random) -> list[float]:
+def measure_latency(
+    bootstrap: str,
+    topic: str,
+    redis: object,
+    prefix: str,
+    *,
+    rate: float,
+    seconds: float,
+    rng: random.Random,
+) -> list[float]:
     """Produce live sessions at ``rate``; time each event until its session hash counts it."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 0, "enable.idempotence": True}
+    )
     pending: dict[str, list[tuple[int, float]]] = {}  # session -> [(event_count, sent_at)]
     lock = threading.Lock()
     latencies: list[float] = []
@@ -205,7 +261,7 @@ def measure_latency(bootstrap: str, topic: str, redis: object, prefix: str, *, r
             counts = pipe.execute()
             now = time.perf_counter()
             with lock:
-                for sid, count in zip(sessions, counts):
+                for sid, count in zip(sessions, counts, strict=True):
                     waiting = pending.get(sid, [])
                     while waiting and count is not None and int(count) >= waiting[0][0]:
                         latencies.append(now - waiting.pop(0)[1])
