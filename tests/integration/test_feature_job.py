@@ -19,11 +19,9 @@ import base64
 import collections
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from reference.contract_reference import (
     COLUMNS,
     compute_reference,
@@ -41,11 +39,17 @@ MAX_MESSAGE_BYTES = 12 * 2**20
 
 
 def _poison_records() -> list[InvalidLine]:
-    text = json.dumps({
-        "event_id": "poison-text", "event_type": "user_message", "schema_version": 1,
-        "session_id": "poison", "user_id": "u-poison", "ts_ms": BASE_TS_MS + 60_000,
-        "text": "spam " * (2 * 2**20),  # 10 MiB of valid JSON text
-    }).encode()
+    text = json.dumps(
+        {
+            "event_id": "poison-text",
+            "event_type": "user_message",
+            "schema_version": 1,
+            "session_id": "poison",
+            "user_id": "u-poison",
+            "ts_ms": BASE_TS_MS + 60_000,
+            "text": "spam " * (2 * 2**20),  # 10 MiB of valid JSON text
+        }
+    ).encode()
     blob = bytes((i * 7919 + 13) % 256 for i in range(900_000)).replace(b"\n", b"\xff") + b"\xfe"
     return [
         InvalidLine(text, "too_large", b"poison", "10 MiB text"),
@@ -58,7 +62,9 @@ def stream() -> GeneratedStream:
     generated = generate_stream(SESSIONS, seed=20260301)
     third = len(generated.deliveries) // 3
     for n, poison in enumerate(_poison_records()):
-        generated.deliveries.insert((n + 1) * third, Delivery(poison.raw, poison.key, invalid=poison))
+        generated.deliveries.insert(
+            (n + 1) * third, Delivery(poison.raw, poison.key, invalid=poison)
+        )
     return generated
 
 
@@ -70,7 +76,10 @@ def reference(stream: GeneratedStream) -> Any:
 @pytest.fixture(scope="module")
 def sandbox(stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.TempPathFactory):
     with job_sandbox(
-        stack_endpoints, kafka_admin, tmp_path_factory.mktemp("feature-job"), "main",
+        stack_endpoints,
+        kafka_admin,
+        tmp_path_factory.mktemp("feature-job"),
+        "main",
         events_topic_config={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
     ) as box:
         yield box
@@ -79,22 +88,31 @@ def sandbox(stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.Tem
 class StreamingOutputs:
     """What the streaming run left behind."""
 
-    def __init__(self, box: JobSandbox, stream: GeneratedStream, positions: list[tuple[int, int]],
-                 seconds: float):
+    def __init__(
+        self,
+        box: JobSandbox,
+        stream: GeneratedStream,
+        positions: list[tuple[int, int]],
+        seconds: float,
+    ):
         self.positions = positions
         self.seconds = seconds
         self.rows = box.parquet_rows("flywheel/session_features")
         self.object_keys = box.object_keys("flywheel/session_features/")
         session_ids = {e["session_id"] for e in stream.events}
         self.hashes = box.session_hashes(session_ids)
-        self.ttls = {sid: box.redis().ttl(f"{box.redis_prefix}session:{sid}")
-                     for sid in sorted(session_ids)[:20]}
+        self.ttls = {
+            sid: box.redis().ttl(f"{box.redis_prefix}session:{sid}")
+            for sid in sorted(session_ids)[:20]
+        }
         self.stats = box.stats()
         self.flagged = box.read_json_topic(box.flagged_topic)
         self.dead_letters = box.read_json_topic(box.dlq_topic)
         client = box.redis()
         self.models = {
-            key[len(box.redis_prefix) + len("model:"):]: {k: int(v) for k, v in client.hgetall(key).items()}
+            key[len(box.redis_prefix) + len("model:") :]: {
+                k: int(v) for k, v in client.hgetall(key).items()
+            }
             for key in client.scan_iter(match=f"{box.redis_prefix}model:*")
         }
 
@@ -102,7 +120,9 @@ class StreamingOutputs:
 @pytest.fixture(scope="module")
 def streaming(sandbox: JobSandbox, stream: GeneratedStream) -> StreamingOutputs:
     """Produce the whole stream, run the job until idle, drain, and collect every output."""
-    positions = sandbox.produce(((d.key, d.raw) for d in stream.deliveries), max_bytes=MAX_MESSAGE_BYTES)
+    positions = sandbox.produce(
+        ((d.key, d.raw) for d in stream.deliveries), max_bytes=MAX_MESSAGE_BYTES
+    )
     started = time.monotonic()
     with running_job(sandbox.context(**JOB_SETTINGS)) as run:
         run.stop_when_idle(idle_s=4, drain=True)
@@ -124,7 +144,9 @@ def _assert_rows_equal_reference(rows: list[dict[str, Any]], reference: Any) -> 
     duplicated = [k for k, n in counts.items() if n > 1]
     missing = sorted(set(reference.rows) - set(counts))
     extra = sorted(set(counts) - set(reference.rows))
-    assert not duplicated, f"{len(duplicated)} sessions written more than once, e.g. {duplicated[:3]}"
+    assert not duplicated, (
+        f"{len(duplicated)} sessions written more than once, e.g. {duplicated[:3]}"
+    )
     assert not missing, f"{len(missing)} sessions missing, e.g. {missing[:3]}"
     assert not extra, f"{len(extra)} sessions not in the reference, e.g. {extra[:3]}"
     wrong = collections.Counter()
@@ -147,13 +169,29 @@ def test_generated_stream_covers_the_contract(stream: GeneratedStream, reference
     assert len(rows) > SESSIONS, "some session_ids must carry a second session"
     share = stream.stats["duplicates"] / stream.stats["events"]
     assert 0.01 < share < 0.03
-    for rule in ("cta_ignored", "stuck_loop", "abandoned", "explicit_negative",
-                 "uncertain_and_corrected"):
+    for rule in (
+        "cta_ignored",
+        "stuck_loop",
+        "abandoned",
+        "explicit_negative",
+        "uncertain_and_corrected",
+    ):
         assert sum(rule in r["reasons"] for r in rows) > 50, rule
-    for column in ("cta_clicked_count", "cta_not_clicked_count", "order_count", "carted",
-                   "repeated_question_count", "fsm_transitions", "long_silence_count",
-                   "low_confidence_count", "correction_count", "negative_feedback_count",
-                   "positive_feedback_count", "slow_response_count", "fsm_stalled"):
+    for column in (
+        "cta_clicked_count",
+        "cta_not_clicked_count",
+        "order_count",
+        "carted",
+        "repeated_question_count",
+        "fsm_transitions",
+        "long_silence_count",
+        "low_confidence_count",
+        "correction_count",
+        "negative_feedback_count",
+        "positive_feedback_count",
+        "slow_response_count",
+        "fsm_stalled",
+    ):
         assert sum(bool(r[column]) for r in rows) > 50, column
     assert any(r["min_intent_confidence"] is None for r in rows)
     assert any(not r["flagged"] for r in rows)
@@ -214,7 +252,9 @@ def test_redis_holds_the_last_session_of_each_session_id_closed(
 def test_flagged_sessions_are_published_exactly_once_read_committed(
     streaming: StreamingOutputs, reference: Any
 ) -> None:
-    keys = collections.Counter((m["session_id"], m["session_start_ms"]) for _, m in streaming.flagged)
+    keys = collections.Counter(
+        (m["session_id"], m["session_start_ms"]) for _, m in streaming.flagged
+    )
     assert not [k for k, n in keys.items() if n > 1], "a flagged session was published twice"
     assert set(keys) == set(reference.flagged)
     for key, message in streaming.flagged:
@@ -244,8 +284,11 @@ def test_dead_letters_carry_reason_raw_and_source_position(
             # A poison record keeps its beginning; its source position points at the whole.
             assert len(line.raw) > 100_000
             assert message["raw_size_bytes"] == len(line.raw)
-            expected_start = (base64.b64encode(line.raw).decode() if message.get("raw_encoding")
-                              == "base64" else line.raw.decode())
+            expected_start = (
+                base64.b64encode(line.raw).decode()
+                if message.get("raw_encoding") == "base64"
+                else line.raw.decode()
+            )
             assert expected_start.startswith(message["raw"]) and len(message["raw"]) > 1_000
         elif message.get("raw_encoding") == "base64":
             assert base64.b64decode(message["raw"]) == line.raw
@@ -284,7 +327,8 @@ def test_counters_match_the_reference(
         **{f"flagged:{reason}": n for reason, n in flagged_reasons.items()},
         "explicit_signals": len(feedback),
         "negative_feedback": sum(
-            1 for f in feedback
+            1
+            for f in feedback
             if f["kind"] in ("thumbs_down", "edit", "correction")
             or (f["kind"] == "rating" and f["rating"] <= 2)
         ),
@@ -299,8 +343,8 @@ def test_counters_match_the_reference(
         model["negative_sessions"] += row["negative_feedback_count"] > 0
         model["flagged_sessions"] += row["flagged"]
     assert streaming.models == {
-        name: {k: v for k, v in counts.items()} | {k: 0 for k in
-               ("sessions", "negative_sessions", "flagged_sessions") if k not in counts}
+        name: {k: v for k, v in counts.items()}
+        | {k: 0 for k in ("sessions", "negative_sessions", "flagged_sessions") if k not in counts}
         for name, counts in models.items()
     }
 
@@ -309,7 +353,9 @@ def test_counters_match_the_reference(
 
 
 @pytest.fixture(scope="module")
-def backfill(sandbox: JobSandbox, stream: GeneratedStream, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def backfill(
+    sandbox: JobSandbox, stream: GeneratedStream, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """The same records as JSON Lines under an S3 prefix (two files and a non-JSONL file)."""
     from jobs.commands import run_backfill
 
@@ -343,14 +389,18 @@ def test_backfill_rows_equal_the_reference(backfill: dict[str, Any], reference: 
         assert row["dt"] == utc_date(row["session_end_ms"])
 
 
-def test_backfill_rows_equal_the_streaming_rows(backfill: dict[str, Any], streaming: StreamingOutputs) -> None:
+def test_backfill_rows_equal_the_streaming_rows(
+    backfill: dict[str, Any], streaming: StreamingOutputs
+) -> None:
     def keyed(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
         return {_row_key(r): {**_plain(r), "dt": r["dt"]} for r in rows}
 
     assert keyed(backfill["rows"]) == keyed(streaming.rows)
 
 
-def test_backfill_flagged_sessions_equal_the_reference(backfill: dict[str, Any], reference: Any) -> None:
+def test_backfill_flagged_sessions_equal_the_reference(
+    backfill: dict[str, Any], reference: Any
+) -> None:
     rows = backfill["flagged"]
     keys = collections.Counter(_row_key(r) for r in rows)
     assert set(keys) == set(reference.flagged) and max(keys.values()) == 1
@@ -367,8 +417,11 @@ def test_backfill_flagged_sessions_equal_the_reference(backfill: dict[str, Any],
 def test_backfill_dead_letters_name_every_invalid_line(
     sandbox: JobSandbox, stream: GeneratedStream, backfill: dict[str, Any]
 ) -> None:
-    assert all(key.endswith(".jsonl") for key in backfill["dlq_keys"]
-               if not key.split("/")[-1].startswith("."))
+    assert all(
+        key.endswith(".jsonl")
+        for key in backfill["dlq_keys"]
+        if not key.split("/")[-1].startswith(".")
+    )
     got = collections.Counter(m["reason"] for m in backfill["dead_letters"])
     expected = collections.Counter(line.reason for _, line in stream.invalid)
     assert got == expected

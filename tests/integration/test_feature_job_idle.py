@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from reference.contract_reference import (
     DEFAULT_RULES,
     ContractConfig,
@@ -54,14 +52,27 @@ def _now_ms() -> int:
 
 
 def event(session_id: str, n: int, event_type: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
-    return {"event_id": f"{session_id}-{n}", "event_type": event_type, "schema_version": 1,
-            "session_id": session_id, "user_id": f"u-{session_id}", "ts_ms": ts_ms, **fields}
+    return {
+        "event_id": f"{session_id}-{n}",
+        "event_type": event_type,
+        "schema_version": 1,
+        "session_id": session_id,
+        "user_id": f"u-{session_id}",
+        "ts_ms": ts_ms,
+        **fields,
+    }
 
 
 def idle_phase_events(now: int) -> list[dict[str, Any]]:
     return [
-        event("idle-c1", 1, "user_message", now - 60_000, text="Do you ship to Oslo?",
-              intent_confidence=0.4),
+        event(
+            "idle-c1",
+            1,
+            "user_message",
+            now - 60_000,
+            text="Do you ship to Oslo?",
+            intent_confidence=0.4,
+        ),
         event("idle-c1", 2, "assistant_message", now - 58_000, text="Yes", response_time_ms=2_000),
         event("idle-c1", 3, "user_message", now - 55_000, text="Actually, to Bergen"),
         event("idle-c2", 1, "cta_sent", now - 50_000, cta_id="c"),
@@ -83,14 +94,20 @@ def _produce(box: JobSandbox, events: list[dict[str, Any]]) -> list[tuple[int, i
 
 
 @pytest.fixture(scope="module")
-def scenario(stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def scenario(
+    stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("idle")
     rules_path = tmp / "rules.yaml"
     rules_path.write_text(RULES_YAML)
     with job_sandbox(stack_endpoints, kafka_admin, tmp, "idle") as box:
         out: dict[str, Any] = {"box": box, "accepted": [], "late": []}
-        ctx = box.context(session_gap="PT20S", idle_timeout="PT3S", embedding_enabled=False,
-                          rules_path=str(rules_path))
+        ctx = box.context(
+            session_gap="PT20S",
+            idle_timeout="PT3S",
+            embedding_enabled=False,
+            rules_path=str(rules_path),
+        )
         client = box.redis()
 
         def status(session_id: str) -> str | None:
@@ -106,10 +123,12 @@ def scenario(stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.Te
             # 1. No more input: the idle timeout must close both sessions.
             out["idle_close_s"] = run.wait_for(
                 lambda: status("idle-c1") == "closed" and status("idle-c2") == "closed",
-                "idle sessions to close")
+                "idle sessions to close",
+            )
             out["status_when_idle_closed"] = run.status()
-            late_idle = event("idle-c1", 9, "user_message", idle_events[0]["ts_ms"] + 1_000,
-                              text="one more thing")
+            late_idle = event(
+                "idle-c1", 9, "user_message", idle_events[0]["ts_ms"] + 1_000, text="one more thing"
+            )
             out["late"].append((late_idle, _produce(box, [late_idle])[0]))
             run.wait_for(lambda: late_count() >= 1, "the first late event")
 
@@ -168,8 +187,10 @@ def test_late_events_are_never_merged(scenario: dict[str, Any]) -> None:
     closed = {k: v for k, v in reference.rows.items() if k[0] != "late-b"}
     assert set(rows) == set(closed), "exactly the closed sessions, each once"
     for key, expected in closed.items():
-        got = {name: (list(rows[key][name]) if name == "reasons" else rows[key][name])
-               for name in expected}
+        got = {
+            name: (list(rows[key][name]) if name == "reasons" else rows[key][name])
+            for name in expected
+        }
         assert got == expected
     for session_id in ("idle-c1", "idle-c2", "late-a"):
         fields = scenario["hashes"][session_id]

@@ -1,9 +1,10 @@
 """Upgrade path: stop with a savepoint in the middle of open sessions, resume, drain.
 
-The events topic has three partitions. The first run reads half of the stream and is stopped with a savepoint *without* draining,
-so many sessions are open in its state; the second run starts from that savepoint, reads
-the rest and drains. Every closed session must land exactly once in Parquet and on the
-flagged topic, every dead letter exactly once, and nothing may be missing.
+The events topic has three partitions. The first run reads half of the stream and is
+stopped with a savepoint *without* draining, so many sessions are open in its state; the
+second run starts from that savepoint, reads the rest and drains. Every closed session
+must land exactly once in Parquet and on the flagged topic, every dead letter exactly
+once, and nothing may be missing.
 
 These runs keep the job's default embeddings on: the reference uses the same sentence
 model (offline) for repeated questions, and the test asserts that some repeats were found
@@ -16,7 +17,6 @@ import collections
 from typing import Any
 
 import pytest
-
 from reference.contract_reference import compute_reference, model_similarity, split_into_sessions
 from reference.generator import GeneratedStream, generate_stream
 from reference.job_harness import JobSandbox, job_sandbox, running_job
@@ -44,8 +44,9 @@ def reference(stream: GeneratedStream) -> Any:
 def sandbox(stack_endpoints: Any, kafka_admin: Any, tmp_path_factory: pytest.TempPathFactory):
     # Three partitions: the job keeps one watermark per partition, so reading a backlog
     # across partitions must not make events late.
-    with job_sandbox(stack_endpoints, kafka_admin, tmp_path_factory.mktemp("restart"), "restart",
-                     partitions=3) as box:
+    with job_sandbox(
+        stack_endpoints, kafka_admin, tmp_path_factory.mktemp("restart"), "restart", partitions=3
+    ) as box:
         yield box
 
 
@@ -73,8 +74,13 @@ def runs(sandbox: JobSandbox, stream: GeneratedStream) -> dict[str, Any]:
     with running_job(sandbox.context(), savepoint=savepoint) as run:
         run.stop_when_idle(idle_s=3, drain=True)
     final = _snapshot(sandbox, session_ids)
-    return {"cut": cut, "savepoint": savepoint, "first": first, "final": final,
-            "positions": positions}
+    return {
+        "cut": cut,
+        "savepoint": savepoint,
+        "first": first,
+        "final": final,
+        "positions": positions,
+    }
 
 
 def _keys(rows: list[dict[str, Any]]) -> collections.Counter:
@@ -93,27 +99,32 @@ def test_savepoint_was_taken_with_sessions_open(
     runs: dict[str, Any], stream: GeneratedStream, reference: Any
 ) -> None:
     assert runs["savepoint"].startswith("file:")
-    before_cut = {d.event["event_id"] for d in stream.deliveries[:runs["cut"]] if d.event}
+    before_cut = {d.event["event_id"] for d in stream.deliveries[: runs["cut"]] if d.event}
     straddling = []
     for session in split_into_sessions(stream.events, 30 * 60_000):
         ids = {e["event_id"] for e in session}
         if ids & before_cut and ids - before_cut:
-            straddling.append((session[0]["session_id"], session[0]["ts_ms"], len(ids & before_cut)))
+            straddling.append(
+                (session[0]["session_id"], session[0]["ts_ms"], len(ids & before_cut))
+            )
     assert len(straddling) >= 10, "the stop should interrupt many open sessions"
     first_keys = _keys(runs["first"]["rows"])
     assert first_keys and max(first_keys.values()) == 1
-    for session_id, start, seen in straddling:
+    for session_id, start, _ in straddling:
         assert (session_id, start) not in first_keys
     # The online store showed them open, with the events seen so far.
-    latest_open = [s for s in straddling
-                   if reference.last_row_by_session_id[s[0]]["session_start_ms"] == s[1]]
+    latest_open = [
+        s for s in straddling if reference.last_row_by_session_id[s[0]]["session_start_ms"] == s[1]
+    ]
     for session_id, _, seen in latest_open:
         fields = runs["first"]["hashes"][session_id]
         assert fields["status"] == "open", session_id
         assert int(fields["event_count"]) == seen, session_id
 
 
-def test_every_session_lands_exactly_once_across_the_restart(runs: dict[str, Any], reference: Any) -> None:
+def test_every_session_lands_exactly_once_across_the_restart(
+    runs: dict[str, Any], reference: Any
+) -> None:
     rows = runs["final"]["rows"]
     keys = _keys(rows)
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1][:5]
@@ -124,7 +135,9 @@ def test_every_session_lands_exactly_once_across_the_restart(runs: dict[str, Any
         assert got == expected
 
 
-def test_flagged_sessions_exactly_once_across_the_restart(runs: dict[str, Any], reference: Any) -> None:
+def test_flagged_sessions_exactly_once_across_the_restart(
+    runs: dict[str, Any], reference: Any
+) -> None:
     messages = [m for _, m in runs["final"]["flagged"]]
     keys = _keys(messages)
     assert max(keys.values()) == 1
@@ -136,7 +149,9 @@ def test_flagged_sessions_exactly_once_across_the_restart(runs: dict[str, Any], 
     assert first and set(first) <= set(keys)
 
 
-def test_dead_letters_exactly_once_across_the_restart(runs: dict[str, Any], stream: GeneratedStream) -> None:
+def test_dead_letters_exactly_once_across_the_restart(
+    runs: dict[str, Any], stream: GeneratedStream
+) -> None:
     letters = [m for _, m in runs["final"]["dead_letters"]]
     positions = [(m["source_partition"], m["source_offset"]) for m in letters]
     assert len(positions) == len(set(positions))
@@ -144,7 +159,9 @@ def test_dead_letters_exactly_once_across_the_restart(runs: dict[str, Any], stre
     assert {(m["source_partition"], m["source_offset"]): m["reason"] for m in letters} == expected
 
 
-def test_redis_ends_with_the_last_session_of_each_id_closed(runs: dict[str, Any], reference: Any) -> None:
+def test_redis_ends_with_the_last_session_of_each_id_closed(
+    runs: dict[str, Any], reference: Any
+) -> None:
     for session_id, row in reference.last_row_by_session_id.items():
         fields = runs["final"]["hashes"][session_id]
         assert fields["status"] == "closed"

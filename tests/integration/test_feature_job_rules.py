@@ -47,8 +47,12 @@ def stack_env(stack_endpoints: Any) -> dict[str, str]:
 
 def _flywheel(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(Path(sys.executable).with_name("flywheel")), *args], env=env, capture_output=True, text=True,
-        timeout=120, cwd=Path(__file__).resolve().parents[2],
+        [str(Path(sys.executable).with_name("flywheel")), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 
@@ -95,13 +99,23 @@ def test_flywheel_run_never_executes_a_rule(tmp_path: Path, stack_env: dict[str,
     assert not marker.exists()
 
 
-def test_flywheel_backfill_refuses_a_bad_rule_file_before_reading(tmp_path: Path, stack_env: dict[str, str]) -> None:
+def test_flywheel_backfill_refuses_a_bad_rule_file_before_reading(
+    tmp_path: Path, stack_env: dict[str, str]
+) -> None:
     path = tmp_path / "rules.yaml"
     path.write_text(UNKNOWN_COLUMN)
     out = tmp_path / "out"
 
-    result = _flywheel("backfill", "--events", str(tmp_path / "missing.jsonl"), "--out", str(out),
-                       "--set", f"rules_path={path}", env=stack_env)
+    result = _flywheel(
+        "backfill",
+        "--events",
+        str(tmp_path / "missing.jsonl"),
+        "--out",
+        str(out),
+        "--set",
+        f"rules_path={path}",
+        env=stack_env,
+    )
 
     assert result.returncode != 0
     assert "bad_column" in result.stderr, result.stderr

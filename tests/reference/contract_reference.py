@@ -21,8 +21,20 @@ from typing import Any
 # --- configuration (contract defaults) -----------------------------------------------
 
 DEFAULT_MARKERS: tuple[str, ...] = (
-    "wrong", "incorrect", "not right", "actually", "i meant", "i said", "that's not",
-    "that is not", "不对", "错了", "应该是", "实际上", "其实", "你看错了",
+    "wrong",
+    "incorrect",
+    "not right",
+    "actually",
+    "i meant",
+    "i said",
+    "that's not",
+    "that is not",
+    "不对",
+    "错了",
+    "应该是",
+    "实际上",
+    "其实",
+    "你看错了",
 )
 
 
@@ -48,18 +60,42 @@ DEFAULT_RULES: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "stuck_loop": lambda r: r["repeated_question_count"] > 0 and r["fsm_stalled"],
     "abandoned": lambda r: r["long_silence_count"] > 0 and r["no_conversion"],
     "explicit_negative": lambda r: r["negative_feedback_count"] > 0,
-    "uncertain_and_corrected": lambda r: r["low_confidence_count"] > 0
-    and (r["correction_count"] > 0 or r["repeated_question_count"] > 0),
+    "uncertain_and_corrected": lambda r: (
+        r["low_confidence_count"] > 0
+        and (r["correction_count"] > 0 or r["repeated_question_count"] > 0)
+    ),
 }
 
 COLUMNS: tuple[str, ...] = (
-    "session_id", "user_id", "session_start_ms", "session_end_ms", "event_count",
-    "user_turns", "assistant_turns", "cta_sent_count", "cta_clicked_count",
-    "cta_not_clicked_count", "order_count", "carted", "no_order", "no_conversion",
-    "repeated_question_count", "fsm_state_final", "fsm_transitions", "max_stall_turns",
-    "fsm_stalled", "long_silence_count", "low_confidence_count", "min_intent_confidence",
-    "correction_count", "negative_feedback_count", "positive_feedback_count",
-    "slow_response_count", "model_version", "reasons", "flagged",
+    "session_id",
+    "user_id",
+    "session_start_ms",
+    "session_end_ms",
+    "event_count",
+    "user_turns",
+    "assistant_turns",
+    "cta_sent_count",
+    "cta_clicked_count",
+    "cta_not_clicked_count",
+    "order_count",
+    "carted",
+    "no_order",
+    "no_conversion",
+    "repeated_question_count",
+    "fsm_state_final",
+    "fsm_transitions",
+    "max_stall_turns",
+    "fsm_stalled",
+    "long_silence_count",
+    "low_confidence_count",
+    "min_intent_confidence",
+    "correction_count",
+    "negative_feedback_count",
+    "positive_feedback_count",
+    "slow_response_count",
+    "model_version",
+    "reasons",
+    "flagged",
 )
 
 # --- text rules ------------------------------------------------------------------------
@@ -174,7 +210,8 @@ def session_row(
         1
         for i, sent in sends
         if any(
-            j > i and click["cta_id"] == sent["cta_id"]
+            j > i
+            and click["cta_id"] == sent["cta_id"]
             and sent["ts_ms"] <= click["ts_ms"] <= sent["ts_ms"] + config.cta_window_ms
             for j, click in clicks
         )
@@ -183,7 +220,7 @@ def session_row(
     # Repeated questions over the previous `repeat_lookback` user messages.
     repeated = 0
     for k, message in enumerate(users):
-        window = users[max(0, k - config.repeat_lookback):k]
+        window = users[max(0, k - config.repeat_lookback) : k]
         text_match = False
         embedding_match = False
         for previous in window:
@@ -229,7 +266,9 @@ def session_row(
     previous_role = None
     for event in events:
         if _is(event, "user_message"):
-            if previous_role == "assistant" and has_correction_marker(event["text"], config.markers):
+            if previous_role == "assistant" and has_correction_marker(
+                event["text"], config.markers
+            ):
                 corrections += 1
             previous_role = "user"
         elif _is(event, "assistant_message"):
@@ -299,19 +338,29 @@ def flagged_message(session: Sequence[Mapping[str, Any]], row: Mapping[str, Any]
     for event in session:
         if _is(event, "user_message") or _is(event, "assistant_message"):
             user = _is(event, "user_message")
-            transcript.append({
-                "ts_ms": event["ts_ms"],
-                "role": "user" if user else "assistant",
-                "text": event["text"],
-                "request_id": event.get("request_id"),
-                "predicted_intent": event.get("predicted_intent") if user else None,
-                "intent_confidence": event.get("intent_confidence") if user else None,
-            })
+            transcript.append(
+                {
+                    "ts_ms": event["ts_ms"],
+                    "role": "user" if user else "assistant",
+                    "text": event["text"],
+                    "request_id": event.get("request_id"),
+                    "predicted_intent": event.get("predicted_intent") if user else None,
+                    "intent_confidence": event.get("intent_confidence") if user else None,
+                }
+            )
         elif _is(event, "feedback"):
-            feedback.append({
-                name: event.get(name)
-                for name in ("request_id", "kind", "rating", "corrected_text", "corrected_intent")
-            })
+            feedback.append(
+                {
+                    name: event.get(name)
+                    for name in (
+                        "request_id",
+                        "kind",
+                        "rating",
+                        "corrected_text",
+                        "corrected_intent",
+                    )
+                }
+            )
     return {
         "session_id": row["session_id"],
         "user_id": row["user_id"],
@@ -411,10 +460,13 @@ class ModelSimilarity:
         if not todo:
             return
         vectors = self._model.encode(
-            todo, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+            todo,
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=False,
         )
-        self._vectors.update(zip(todo, vectors))
+        self._vectors.update(zip(todo, vectors, strict=False))
 
     def __call__(self, a: str, b: str) -> float:
         self.prepare((a, b))

@@ -121,8 +121,14 @@ INTENTS = ["shipping", "availability", "warranty", "payment", "returns", "order_
 STATES = ["greeting", "discovery", "recommendation", "checkout", "support", "closing"]
 MODEL_VERSIONS = ["intent-v1", "intent-v2", "intent-v2-canary"]
 OPTIONAL_FIELDS = {
-    "user_message": ("request_id", "predicted_intent", "intent_confidence", "predicted_objection",
-                     "objection_confidence", "model_version"),
+    "user_message": (
+        "request_id",
+        "predicted_intent",
+        "intent_confidence",
+        "predicted_objection",
+        "objection_confidence",
+        "model_version",
+    ),
     "assistant_message": ("request_id", "response_time_ms", "model_version", "prompt_version"),
     "cta_sent": ("cta_type",),
     "cart_add": ("quantity", "amount"),
@@ -192,7 +198,9 @@ def encode_event(event: dict[str, Any], rng: random.Random | None = None) -> byt
 class _Session:
     """Builds one session's events with increasing timestamps."""
 
-    def __init__(self, rng: random.Random, index: int, session_id: str, user_id: str, start_ms: int):
+    def __init__(
+        self, rng: random.Random, index: int, session_id: str, user_id: str, start_ms: int
+    ):
         self.rng = rng
         self.index = index
         self.session_id = session_id
@@ -203,11 +211,14 @@ class _Session:
         self.user_texts: list[str] = []
         self._n = 0
 
-    def add(self, event_type: str, after_ms: int, *, event_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    def add(
+        self, event_type: str, after_ms: int, *, event_id: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
         self.ts += after_ms
         self._n += 1
         event = {
-            "event_id": event_id or f"e{self.index:05d}-{self._n:03d}-{self.rng.randrange(16**4):04x}",
+            "event_id": event_id
+            or f"e{self.index:05d}-{self._n:03d}-{self.rng.randrange(16**4):04x}",
             "event_type": event_type,
             "schema_version": 1,
             "session_id": self.session_id,
@@ -231,7 +242,10 @@ class _Session:
             confidence = round(rng.uniform(0.15, 1.0), 3)
         self.user_texts.append(text)
         return self.add(
-            "user_message", after_ms, text=text, request_id=request_id,
+            "user_message",
+            after_ms,
+            text=text,
+            request_id=request_id,
             predicted_intent=rng.choice(INTENTS) if confidence is not None else None,
             intent_confidence=confidence,
             predicted_objection=rng.choice(["price", "timing", None, None]),
@@ -253,9 +267,13 @@ class _Session:
         if model_version == "default":
             model_version = rng.choice(MODEL_VERSIONS) if rng.random() < 0.85 else None
         return self.add(
-            "assistant_message", after_ms, text=rng.choice(ASSISTANT_REPLIES),
-            request_id=f"a{self.index}-{len(self.events)}", response_time_ms=response_ms,
-            model_version=model_version, prompt_version=rng.choice(["p1", "p2", None]),
+            "assistant_message",
+            after_ms,
+            text=rng.choice(ASSISTANT_REPLIES),
+            request_id=f"a{self.index}-{len(self.events)}",
+            response_time_ms=response_ms,
+            model_version=model_version,
+            prompt_version=rng.choice(["p1", "p2", None]),
         )
 
 
@@ -295,13 +313,21 @@ def _chat_session(rng: random.Random, s: _Session) -> None:
             s.assistant(rng.randint(300, 20_000))
         if rng.random() < 0.15:
             # A CTA between the assistant and the next user message does not break corrections.
-            s.add("cta_sent", rng.randint(100, 2_000), cta_id=f"cta-{s.index}-{turn}",
-                  cta_type=rng.choice(["product_card", "checkout_link", None]))
+            s.add(
+                "cta_sent",
+                rng.randint(100, 2_000),
+                cta_id=f"cta-{s.index}-{turn}",
+                cta_type=rng.choice(["product_card", "checkout_link", None]),
+            )
         if not stalling or rng.random() < 0.2:
             roll = rng.random()
             if roll < 0.45:
-                s.add("fsm_state", rng.randint(100, 5_000), to_state=rng.choice(STATES),
-                      from_state=rng.choice(STATES + [None]))
+                s.add(
+                    "fsm_state",
+                    rng.randint(100, 5_000),
+                    to_state=rng.choice(STATES),
+                    from_state=rng.choice(STATES + [None]),
+                )
             elif roll < 0.55 and any(e["event_type"] == "fsm_state" for e in s.events):
                 last = [e for e in s.events if e["event_type"] == "fsm_state"][-1]["to_state"]
                 s.add("fsm_state", rng.randint(100, 5_000), to_state=last, from_state=last)  # self
@@ -330,7 +356,9 @@ def _conversions(rng: random.Random, s: _Session) -> None:
         elif how < 0.45:
             s.add("cta_click", CTA_WINDOW_MS, cta_id=cta_id)  # exactly at the window's end: clicked
         elif how < 0.60:
-            s.add("cta_click", rng.randint(CTA_WINDOW_MS + 1, 25 * 60 * 1000), cta_id=cta_id)  # late
+            s.add(
+                "cta_click", rng.randint(CTA_WINDOW_MS + 1, 25 * 60 * 1000), cta_id=cta_id
+            )  # late
         elif how < 0.68:
             s.add("cta_click", rng.randint(1_000, 60_000), cta_id="some-other-cta")
         elif how < 0.74:
@@ -339,11 +367,20 @@ def _conversions(rng: random.Random, s: _Session) -> None:
             event_id = sent["event_id"][:-1] + ("!" if before else "~")
             s.add("cta_click", 0, cta_id=cta_id, event_id=event_id)
         if rng.random() < 0.3:
-            s.add("cart_add", rng.randint(1_000, 60_000), sku=f"sku-{rng.randrange(500)}",
-                  quantity=rng.choice([1, 2, None]), amount=rng.choice([19.99, 5, None]))
+            s.add(
+                "cart_add",
+                rng.randint(1_000, 60_000),
+                sku=f"sku-{rng.randrange(500)}",
+                quantity=rng.choice([1, 2, None]),
+                amount=rng.choice([19.99, 5, None]),
+            )
         if rng.random() < 0.25:
-            s.add("order", rng.randint(1_000, 120_000), order_id=f"o-{s.index}",
-                  amount=rng.choice([49.5, 120, None]))
+            s.add(
+                "order",
+                rng.randint(1_000, 120_000),
+                order_id=f"o-{s.index}",
+                amount=rng.choice([49.5, 120, None]),
+            )
     elif roll < 0.50:
         s.add("cart_add", rng.randint(1_000, 60_000), sku=f"sku-{rng.randrange(500)}")
     elif roll < 0.55:
@@ -355,7 +392,8 @@ def _feedback(rng: random.Random, s: _Session) -> None:
         return
     for _ in range(rng.choice([1, 1, 2])):
         kind = rng.choices(
-            ["thumbs_up", "thumbs_down", "rating", "edit", "correction"], weights=[25, 20, 35, 10, 10]
+            ["thumbs_up", "thumbs_down", "rating", "edit", "correction"],
+            weights=[25, 20, 35, 10, 10],
         )[0]
         fields: dict[str, Any] = {"kind": kind}
         if s.request_ids and rng.random() < 0.8:
@@ -413,7 +451,9 @@ BEHAVIOURS = [
 ]
 
 
-def _session_events(rng: random.Random, index: int, session_id: str, start_ms: int) -> list[dict[str, Any]]:
+def _session_events(
+    rng: random.Random, index: int, session_id: str, start_ms: int
+) -> list[dict[str, Any]]:
     user_id = f"u{rng.randrange(2_000):04d}"
     s = _Session(rng, index, session_id, user_id, start_ms)
     behaviour = rng.choices([b for b, _ in BEHAVIOURS], weights=[w for _, w in BEHAVIOURS])[0]
@@ -422,45 +462,85 @@ def _session_events(rng: random.Random, index: int, session_id: str, start_ms: i
         s.add("fsm_state", 0, to_state="greeting")
     if rng.random() < 0.02 and len(s.events) > 1:
         # The shopper logs in: user_id changes; the session keeps its first event's.
-        for event in s.events[len(s.events) // 2:]:
+        for event in s.events[len(s.events) // 2 :]:
             event["user_id"] = f"u-logged-{index}"
     return s.events
 
 
 def _invalid_lines(rng: random.Random) -> list[InvalidLine]:
     def obj(**fields: Any) -> bytes:
-        base = {"event_id": f"bad-{rng.randrange(16**8):08x}", "event_type": "user_message",
-                "schema_version": 1, "session_id": "bad-session", "user_id": "u-bad",
-                "ts_ms": BASE_TS_MS + 1_000, "text": "hi"}
+        base = {
+            "event_id": f"bad-{rng.randrange(16**8):08x}",
+            "event_type": "user_message",
+            "schema_version": 1,
+            "session_id": "bad-session",
+            "user_id": "u-bad",
+            "ts_ms": BASE_TS_MS + 1_000,
+            "text": "hi",
+        }
         base.update(fields)
         return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
 
     blob = bytes(b for b in rng.randbytes(300) if b not in (0x0A, 0x0D)) + b"\xff\xfe"
     return [
-        InvalidLine(b'{"event_id": "trunc", "event_type": ', "invalid_json", b"bad-session", "truncated JSON"),
+        InvalidLine(
+            b'{"event_id": "trunc", "event_type": ',
+            "invalid_json",
+            b"bad-session",
+            "truncated JSON",
+        ),
         InvalidLine(b"[1, 2, 3]", "not_an_object", None, "an array"),
-        InvalidLine(obj(event_type="page_view"), "unknown_event_type", b"bad-session", "unknown type"),
+        InvalidLine(
+            obj(event_type="page_view"), "unknown_event_type", b"bad-session", "unknown type"
+        ),
         InvalidLine(obj(ts_ms=str(BASE_TS_MS)), "wrong_type", b"bad-session", "ts_ms as a string"),
-        InvalidLine(obj(intent_confidence="high"), "wrong_type", b"bad-session", "confidence as text"),
-        InvalidLine(obj(schema_version=2), "unsupported_schema_version", b"bad-session", "schema v2"),
+        InvalidLine(
+            obj(intent_confidence="high"), "wrong_type", b"bad-session", "confidence as text"
+        ),
+        InvalidLine(
+            obj(schema_version=2), "unsupported_schema_version", b"bad-session", "schema v2"
+        ),
         InvalidLine(obj(session_id=...), "missing_field", None, "no session_id"),
-        InvalidLine(obj(event_type="cta_click", cta_id=None), "missing_field", b"bad-session", "null cta_id"),
-        InvalidLine(obj(event_type="feedback", kind="rating", rating=7), "out_of_range", b"bad-session", "rating 7"),
+        InvalidLine(
+            obj(event_type="cta_click", cta_id=None), "missing_field", b"bad-session", "null cta_id"
+        ),
+        InvalidLine(
+            obj(event_type="feedback", kind="rating", rating=7),
+            "out_of_range",
+            b"bad-session",
+            "rating 7",
+        ),
         InvalidLine(obj(text="x" * 40_000), "too_large", b"bad-session", "40 kB text"),
         InvalidLine(blob, "invalid_json", None, "binary blob"),
         # Rejected records must not move event time: a far-future ts on an unknown type,
         # and a ts beyond 2100 (with either, every open session would close at once).
-        InvalidLine(obj(event_type="page_view", ts_ms=BASE_TS_MS + 20 * 86_400_000),
-                    "unknown_event_type", b"bad-session", "unknown type from the future"),
-        InvalidLine(obj(ts_ms=9_000_000_000_000_000), "out_of_range", b"bad-session", "ts in year 287000"),
-        InvalidLine(obj(schema_version=2, ts_ms=BASE_TS_MS + 20 * 86_400_000),
-                    "unsupported_schema_version", b"bad-session", "v2 from the future"),
+        InvalidLine(
+            obj(event_type="page_view", ts_ms=BASE_TS_MS + 20 * 86_400_000),
+            "unknown_event_type",
+            b"bad-session",
+            "unknown type from the future",
+        ),
+        InvalidLine(
+            obj(ts_ms=9_000_000_000_000_000), "out_of_range", b"bad-session", "ts in year 287000"
+        ),
+        InvalidLine(
+            obj(schema_version=2, ts_ms=BASE_TS_MS + 20 * 86_400_000),
+            "unsupported_schema_version",
+            b"bad-session",
+            "v2 from the future",
+        ),
     ]
 
 
-def generate_stream(sessions: int = 5_000, seed: int = 20260301, *, invalid: bool = True,
-                    duplicate_share: float = 0.02, span_ms: int = SPAN_MS,
-                    base_ts_ms: int = BASE_TS_MS) -> GeneratedStream:
+def generate_stream(
+    sessions: int = 5_000,
+    seed: int = 20260301,
+    *,
+    invalid: bool = True,
+    duplicate_share: float = 0.02,
+    span_ms: int = SPAN_MS,
+    base_ts_ms: int = BASE_TS_MS,
+) -> GeneratedStream:
     """Valid events of about ``sessions`` sessions plus their delivery sequence (see module doc).
 
     Session starts are spread over ``span_ms`` from ``base_ts_ms``.
@@ -506,12 +586,14 @@ def generate_stream(sessions: int = 5_000, seed: int = 20260301, *, invalid: boo
     stats["events"] = len(events)
     stats["deliveries"] = len(deliveries)
     stats["duplicates"] = sum(d.duplicate for d in deliveries)
-    return GeneratedStream(events=events, deliveries=deliveries, session_count_hint=sessions,
-                           stats=stats)
+    return GeneratedStream(
+        events=events, deliveries=deliveries, session_count_hint=sessions, stats=stats
+    )
 
 
-def build_deliveries(events: list[dict[str, Any]], rng: random.Random, *,
-                     duplicate_share: float = 0.02) -> list[Delivery]:
+def build_deliveries(
+    events: list[dict[str, Any]], rng: random.Random, *, duplicate_share: float = 0.02
+) -> list[Delivery]:
     """Valid events in delivery order: out of order within < 10 s, some delivered twice.
 
     Each delivery is ordered by ``ts_ms`` plus a jitter in [0, 9 s), so when an event is
@@ -524,7 +606,12 @@ def build_deliveries(events: list[dict[str, Any]], rng: random.Random, *,
         keyed.append((event["ts_ms"] + rng.randrange(MAX_JITTER_MS), n, Delivery(raw, key, event)))
         if rng.random() < duplicate_share:
             # A producer retry: identical content, delivered again a little later.
-            keyed.append((event["ts_ms"] + rng.randrange(MAX_JITTER_MS), n,
-                          Delivery(raw, key, event, duplicate=True)))
+            keyed.append(
+                (
+                    event["ts_ms"] + rng.randrange(MAX_JITTER_MS),
+                    n,
+                    Delivery(raw, key, event, duplicate=True),
+                )
+            )
     keyed.sort(key=lambda item: (item[0], item[1], item[2].duplicate))
     return [d for _, _, d in keyed]

@@ -56,7 +56,9 @@ class JobSandbox:
 
     # --- Kafka ---------------------------------------------------------------------------
 
-    def produce(self, records: Iterable[tuple[bytes | None, bytes]], *, max_bytes: int | None = None) -> list[tuple[int, int]]:
+    def produce(
+        self, records: Iterable[tuple[bytes | None, bytes]], *, max_bytes: int | None = None
+    ) -> list[tuple[int, int]]:
         """Send (key, value) records in order to the events topic; their (partition, offset)."""
         from confluent_kafka import Producer
 
@@ -72,14 +74,16 @@ class JobSandbox:
                 if err is not None:
                     raise RuntimeError(f"produce failed: {err}")
                 positions[index] = (msg.partition(), msg.offset())
+
             return report
 
         for key, value in records:
             positions.append(None)
             while True:
                 try:
-                    producer.produce(self.events_topic, value, key=key,
-                                     on_delivery=delivered(len(positions) - 1))
+                    producer.produce(
+                        self.events_topic, value, key=key, on_delivery=delivered(len(positions) - 1)
+                    )
                     break
                 except BufferError:
                     producer.poll(0.1)
@@ -90,19 +94,23 @@ class JobSandbox:
         self.produced.extend(done)
         return done
 
-    def read_topic(self, topic: str, *, read_committed: bool = True, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def read_topic(
+        self, topic: str, *, read_committed: bool = True, timeout_s: float = 60.0
+    ) -> list[dict[str, Any]]:
         """Every record of ``topic`` (as a consumer with ``isolation.level=read_committed``)."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
         conf = self.endpoints.kafka_settings().client_config()
-        conf.update({
-            "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-            "fetch.max.bytes": 64 * 2**20,
-            "max.partition.fetch.bytes": 16 * 2**20,
-        })
+        conf.update(
+            {
+                "group.id": f"test-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+                "fetch.max.bytes": 64 * 2**20,
+                "max.partition.fetch.bytes": 16 * 2**20,
+            }
+        )
         consumer = Consumer(conf)
         try:
             partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -122,10 +130,14 @@ class JobSandbox:
                         continue
                     raise RuntimeError(msg.error())
                 at_end.discard(msg.partition())
-                records.append({
-                    "key": msg.key(), "value": msg.value(),
-                    "partition": msg.partition(), "offset": msg.offset(),
-                })
+                records.append(
+                    {
+                        "key": msg.key(),
+                        "value": msg.value(),
+                        "partition": msg.partition(),
+                        "offset": msg.offset(),
+                    }
+                )
             return records
         finally:
             consumer.close()
@@ -141,12 +153,16 @@ class JobSandbox:
     def object_keys(self, prefix: str) -> list[str]:
         client = self.endpoints.s3_settings().boto3_client()
         keys: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
 
     def put_object(self, key: str, body: bytes) -> None:
-        self.endpoints.s3_settings().boto3_client().put_object(Bucket=self.bucket, Key=key, Body=body)
+        self.endpoints.s3_settings().boto3_client().put_object(
+            Bucket=self.bucket, Key=key, Body=body
+        )
 
     def get_object(self, key: str) -> bytes:
         client = self.endpoints.s3_settings().boto3_client()
@@ -159,8 +175,10 @@ class JobSandbox:
         if not self.object_keys(path + "/"):
             return []
         dataset = ds.dataset(
-            f"{self.bucket}/{path}", filesystem=self.endpoints.s3_settings().pyarrow_filesystem(),
-            format="parquet", partitioning="hive",
+            f"{self.bucket}/{path}",
+            filesystem=self.endpoints.s3_settings().pyarrow_filesystem(),
+            format="parquet",
+            partitioning="hive",
         )
         rows = dataset.to_table().to_pylist()
         for row in rows:
@@ -178,7 +196,7 @@ class JobSandbox:
         pipe = client.pipeline(transaction=False)
         for session_id in ids:
             pipe.hgetall(f"{self.redis_prefix}session:{session_id}")
-        return dict(zip(ids, pipe.execute()))
+        return dict(zip(ids, pipe.execute(), strict=False))
 
     def stats(self) -> dict[str, int]:
         raw = self.redis().hgetall(f"{self.redis_prefix}stats:total")
@@ -194,8 +212,13 @@ def _delete_topics(admin: Any, topics: list[str]) -> None:
 
 @contextlib.contextmanager
 def job_sandbox(
-    endpoints: Any, kafka_admin: Any, tmp_dir: Path, name: str,
-    *, events_topic_config: dict[str, str] | None = None, partitions: int = 1,
+    endpoints: Any,
+    kafka_admin: Any,
+    tmp_dir: Path,
+    name: str,
+    *,
+    events_topic_config: dict[str, str] | None = None,
+    partitions: int = 1,
 ) -> Iterator[JobSandbox]:
     """An isolated world for one job scenario; the environment points the job at it."""
     from confluent_kafka.admin import NewTopic
@@ -212,8 +235,12 @@ def job_sandbox(
         consumer_group=f"test-fj-{name}-{suffix}",
     )
     topics = [
-        NewTopic(box.events_topic, num_partitions=partitions, replication_factor=1,
-                 config=events_topic_config or {}),
+        NewTopic(
+            box.events_topic,
+            num_partitions=partitions,
+            replication_factor=1,
+            config=events_topic_config or {},
+        ),
         NewTopic(box.flagged_topic, num_partitions=1, replication_factor=1),
         NewTopic(box.dlq_topic, num_partitions=1, replication_factor=1),
     ]
@@ -235,7 +262,7 @@ def job_sandbox(
         client = box.redis()
         keys = list(client.scan_iter(match=f"{box.redis_prefix}*", count=1000))
         for start in range(0, len(keys), 1000):
-            client.delete(*keys[start:start + 1000])
+            client.delete(*keys[start : start + 1000])
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=box.bucket):
             objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if objects:
@@ -246,7 +273,9 @@ def job_sandbox(
 class JobRun:
     """A streaming job started on the embedded MiniCluster, cancelled if a test gives up."""
 
-    def __init__(self, ctx: Any, *, savepoint: str | None = None, deadline_s: float = RUN_DEADLINE_S):
+    def __init__(
+        self, ctx: Any, *, savepoint: str | None = None, deadline_s: float = RUN_DEADLINE_S
+    ):
         from jobs.commands import start_streaming
 
         self.ctx = ctx

@@ -25,8 +25,15 @@ MIN = 60_000
 
 
 def ev(n: int, event_type: str, ts: int, **fields: object) -> dict:
-    return {"event_id": f"e{n:03d}", "event_type": event_type, "schema_version": 1, "session_id": "s",
-            "user_id": "u", "ts_ms": T0 + ts, **fields}
+    return {
+        "event_id": f"e{n:03d}",
+        "event_type": event_type,
+        "schema_version": 1,
+        "session_id": "s",
+        "user_id": "u",
+        "ts_ms": T0 + ts,
+        **fields,
+    }
 
 
 @pytest.mark.parametrize(
@@ -68,8 +75,12 @@ def test_correction_markers(text: str, holds: bool) -> None:
 
 def test_sessions_split_at_exactly_the_gap() -> None:
     gap = 30 * MIN
-    events = [ev(1, "order", 0, order_id="o"), ev(2, "order", gap - 1, order_id="o"),
-              ev(3, "order", 2 * gap - 1, order_id="o"), ev(2, "order", gap - 1, order_id="o")]
+    events = [
+        ev(1, "order", 0, order_id="o"),
+        ev(2, "order", gap - 1, order_id="o"),
+        ev(3, "order", 2 * gap - 1, order_id="o"),
+        ev(2, "order", gap - 1, order_id="o"),
+    ]
     sessions = split_into_sessions(events, gap)
     assert [[e["event_id"] for e in s] for s in sessions] == [["e001", "e002"], ["e003"]]
 
@@ -95,28 +106,56 @@ def test_hand_computed_session() -> None:
     ]
     row = session_row(sorted(events, key=lambda e: (e["ts_ms"], e["event_id"])), ContractConfig())
     assert row == {
-        "session_id": "s", "user_id": "u", "session_start_ms": T0, "session_end_ms": T0 + 23 * MIN + 2,
-        "event_count": 16, "user_turns": 3, "assistant_turns": 3, "cta_sent_count": 3,
-        "cta_clicked_count": 2, "cta_not_clicked_count": 1, "order_count": 0, "carted": False,
-        "no_order": True, "no_conversion": False, "repeated_question_count": 1,
-        "fsm_state_final": "greeting", "fsm_transitions": 1, "max_stall_turns": 3,
-        "fsm_stalled": True, "long_silence_count": 1, "low_confidence_count": 1,
-        "min_intent_confidence": 0.59, "correction_count": 1, "negative_feedback_count": 1,
-        "positive_feedback_count": 1, "slow_response_count": 1, "model_version": "m2",
+        "session_id": "s",
+        "user_id": "u",
+        "session_start_ms": T0,
+        "session_end_ms": T0 + 23 * MIN + 2,
+        "event_count": 16,
+        "user_turns": 3,
+        "assistant_turns": 3,
+        "cta_sent_count": 3,
+        "cta_clicked_count": 2,
+        "cta_not_clicked_count": 1,
+        "order_count": 0,
+        "carted": False,
+        "no_order": True,
+        "no_conversion": False,
+        "repeated_question_count": 1,
+        "fsm_state_final": "greeting",
+        "fsm_transitions": 1,
+        "max_stall_turns": 3,
+        "fsm_stalled": True,
+        "long_silence_count": 1,
+        "low_confidence_count": 1,
+        "min_intent_confidence": 0.59,
+        "correction_count": 1,
+        "negative_feedback_count": 1,
+        "positive_feedback_count": 1,
+        "slow_response_count": 1,
+        "model_version": "m2",
         # A click happened, so no "abandoned" despite the silence.
         "reasons": ["cta_ignored", "explicit_negative", "stuck_loop", "uncertain_and_corrected"],
         "flagged": True,
     }
     message = flagged_message(events, row)
-    assert [m["role"] for m in message["transcript"]] == ["user", "assistant", "user", "assistant",
-                                                          "user", "assistant"]
+    assert [m["role"] for m in message["transcript"]] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert message["transcript"][1]["intent_confidence"] is None
     assert [f["rating"] for f in message["feedback"]] == [2, 1, 3]
 
 
 def test_similarity_counts_a_repeat_at_or_above_the_threshold() -> None:
-    events = [ev(1, "user_message", 0, text="a"), ev(2, "user_message", 1, text="b"),
-              ev(3, "user_message", 2, text="c")]
+    events = [
+        ev(1, "user_message", 0, text="a"),
+        ev(2, "user_message", 1, text="b"),
+        ev(3, "user_message", 2, text="c"),
+    ]
     cosines = {frozenset("ab"): 0.85, frozenset("ac"): 0.2, frozenset("bc"): 0.84999}
     row = session_row(events, similarity=lambda x, y: cosines[frozenset(x + y)])
     assert row["repeated_question_count"] == 1
@@ -140,7 +179,9 @@ def test_invalid_lines_get_the_reasons_the_parser_gives() -> None:
     for line in generate_stream(10, seed=1).deliveries:
         result = parse(line.raw)
         if line.invalid is not None:
-            assert isinstance(result, ParseError) and result.reason == line.invalid.reason, line.invalid.name
+            assert isinstance(result, ParseError) and result.reason == line.invalid.reason, (
+                line.invalid.name
+            )
         else:
             assert not isinstance(result, ParseError), line.raw
 
@@ -162,7 +203,9 @@ def test_features_package_agrees_with_the_reference() -> None:
         expected = reference.rows[(row["session_id"], row["session_start_ms"])]
         assert row == expected
         if row["flagged"]:
-            assert build_flagged_message(session, features) == reference.flagged[
-                (row["session_id"], row["session_start_ms"])]
+            assert (
+                build_flagged_message(session, features)
+                == reference.flagged[(row["session_id"], row["session_start_ms"])]
+            )
         seen += 1
     assert seen == len(reference.rows)

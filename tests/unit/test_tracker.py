@@ -11,8 +11,7 @@ import random
 
 import pytest
 
-from features import split_sessions
-from features import tracker
+from features import split_sessions, tracker
 from features.tracker import Admission, TrackerState
 from schemas.events import CtaClick, FsmState, UserMessage
 
@@ -22,7 +21,9 @@ NO_WATERMARK = -(2**63)
 
 
 def msg(event_id: str, ts_ms: int, session_id: str = "s1", text: str = "hi") -> UserMessage:
-    return UserMessage(event_id=event_id, session_id=session_id, user_id="u1", ts_ms=ts_ms, text=text)
+    return UserMessage(
+        event_id=event_id, session_id=session_id, user_id="u1", ts_ms=ts_ms, text=text
+    )
 
 
 def ids(sessions: list[list]) -> list[list[str]]:
@@ -64,7 +65,10 @@ def test_same_event_id_is_a_duplicate_whatever_its_content() -> None:
     state = TrackerState()
     tracker.admit(state, msg("a", 1_000), NO_WATERMARK, GAP)
     assert tracker.admit(state, msg("a", 1_000), NO_WATERMARK, GAP) is Admission.DUPLICATE
-    assert tracker.admit(state, msg("a", 5_000, text="other"), NO_WATERMARK, GAP) is Admission.DUPLICATE
+    assert (
+        tracker.admit(state, msg("a", 5_000, text="other"), NO_WATERMARK, GAP)
+        is Admission.DUPLICATE
+    )
     assert len(state.open_events) == 1
 
 
@@ -201,8 +205,8 @@ def test_after_prune_an_event_of_the_forgotten_session_is_still_late() -> None:
 def test_late_event_cannot_chain_into_a_session_accepted_after_the_prune() -> None:
     # Found by test_pruning_never_changes_...: closed session at 0, pruned; then a
     # session starting 1.33 gaps after it is (rightly) accepted; then an event 0.5 gaps
-    # after the closed one arrives (within a gap of both). It would merge into the closed session: late. It
-    # must not be merged into the open one through the gap it bridges.
+    # after the closed one arrives (within a gap of both). It would merge into the closed
+    # session: late. It must not be merged into the open one through the gap it bridges.
     state = closed_state([("a", 0)])
     watermark = 2 * GAP + GAP // 3
     tracker.prune(state, watermark, GAP)
@@ -241,11 +245,15 @@ def _random_events(rng: random.Random, count: int) -> list:
         if kind < 0.6:
             events.append(msg(f"e{n:04d}", ts))
         elif kind < 0.8:
-            events.append(FsmState(event_id=f"e{n:04d}", session_id="s1", user_id="u1", ts_ms=ts,
-                                   to_state="x"))
+            events.append(
+                FsmState(
+                    event_id=f"e{n:04d}", session_id="s1", user_id="u1", ts_ms=ts, to_state="x"
+                )
+            )
         else:
-            events.append(CtaClick(event_id=f"e{n:04d}", session_id="s1", user_id="u1", ts_ms=ts,
-                                   cta_id="c"))
+            events.append(
+                CtaClick(event_id=f"e{n:04d}", session_id="s1", user_id="u1", ts_ms=ts, cta_id="c")
+            )
     return events
 
 
@@ -272,7 +280,9 @@ def test_stream_within_the_bound_gives_the_batch_sessions(seed: int) -> None:
     events = _random_events(rng, 120)
     # Out of order by less than the bound, and ~10% delivered twice.
     keyed = [(e.ts_ms + rng.randrange(BOUND), n, e) for n, e in enumerate(events)]
-    keyed += [(e.ts_ms + rng.randrange(BOUND), n, e) for n, e in enumerate(events) if rng.random() < 0.1]
+    keyed += [
+        (e.ts_ms + rng.randrange(BOUND), n, e) for n, e in enumerate(events) if rng.random() < 0.1
+    ]
     deliveries = [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
     admissions, closed = _simulate(deliveries, prune=True)
@@ -298,13 +308,17 @@ def test_pruning_never_changes_what_is_accepted_refused_or_closed(seed: int) -> 
     # A re-delivery of an event forgotten by prune is refused as late instead of as a
     # duplicate: refused either way, never merged. Everything else is the same.
     seen: set[str] = set()
-    for event, pruned, kept in zip(deliveries, with_prune[0], without_prune[0]):
+    for event, pruned, kept in zip(deliveries, with_prune[0], without_prune[0], strict=False):
         if event.event_id in seen and kept is Admission.DUPLICATE:
             assert pruned in (Admission.DUPLICATE, Admission.LATE)
         else:
             assert pruned is kept, event
         seen.add(event.event_id)
     assert with_prune[1] == without_prune[1]
-    accepted = [e.event_id for e, a in zip(deliveries, with_prune[0]) if a is Admission.ACCEPTED]
+    accepted = [
+        e.event_id
+        for e, a in zip(deliveries, with_prune[0], strict=False)
+        if a is Admission.ACCEPTED
+    ]
     assert len(accepted) == len(set(accepted))
     assert sorted(i for s in with_prune[1] for i in s) == sorted(accepted)
