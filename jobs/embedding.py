@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -114,19 +115,48 @@ class EmbeddingProcess:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin: BinaryIO = self._proc.stdin
         self._stdout: BinaryIO = self._proc.stdout
+        self.in_flight = []
         ready = _read_frame(self._stdout)
         if ready != b"ready":
             raise RuntimeError(f"embedding process failed to start: {ready!r}")
 
     def encode_to_bytes(self, texts: Sequence[str]) -> list[bytes]:
+        """Encode now (waits for a batch already in flight first)."""
         if not texts:
             return []
-        _write_frame(self._stdin, json.dumps(list(texts)).encode("utf-8"))
+        self.submit(texts)
+        vectors = self.collect()
+        return [vectors[text] for text in texts]
+
+    # The pipelined interface: the job submits a batch, goes on processing events while
+    # the child encodes, and collects the vectors later. One batch is in flight at most.
+
+    in_flight: list[str]
+
+    def submit(self, texts: Sequence[str]) -> None:
+        """Send a batch to encode; ``collect`` returns its vectors by text."""
+        if self.in_flight:
+            raise RuntimeError("a batch is already in flight; collect it first")
+        self.in_flight = list(texts)
+        _write_frame(self._stdin, json.dumps(self.in_flight).encode("utf-8"))
+
+    def ready(self) -> bool:
+        """Whether the batch in flight can be collected without waiting."""
+        if not self.in_flight:
+            return False
+        readable, _, _ = select.select([self._stdout], [], [], 0)
+        return bool(readable)
+
+    def collect(self) -> dict[str, bytes]:
+        """Wait for the batch in flight; its vectors keyed by text (in submit order)."""
+        texts, self.in_flight = self.in_flight, []
+        if not texts:
+            return {}
         reply = _read_frame(self._stdout)
         if reply.startswith(b"error:"):
             raise RuntimeError(reply.decode("utf-8", "replace"))
         row = len(reply) // len(texts)
-        return [reply[i * row : (i + 1) * row] for i in range(len(texts))]
+        return {text: reply[i * row : (i + 1) * row] for i, text in enumerate(texts)}
 
     def close(self) -> None:
         if self._proc.poll() is None:

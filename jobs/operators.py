@@ -192,6 +192,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         # Embedding micro-batch shared by all keys of this subtask (not state: recomputable).
         self.pending_texts: dict[str, str] = {}
         self.pending_since_ms = 0
+        self.in_flight_ids: list[str] = []
+        self.in_flight_texts: list[str] = []
         self.vector_cache: dict[str, bytes] = {}
         self.last_input_wall_ms = _now_ms()
         self.idle_watermark_ms = -(2**63)
@@ -215,20 +217,43 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         else:
             self.state.update(state)
 
-    def _flush_embeddings(self, *, due_only: bool = False) -> None:
-        """Encode the pending texts of all keys in one batch.
+    def _harvest(self, *, wait: bool) -> None:
+        """Move the vectors of the batch in flight into the cache once it is done."""
+        if self.embedder is None or not self.in_flight_ids:
+            return
+        if not wait and not self.embedder.ready():
+            return
+        by_text = self.embedder.collect()
+        for event_id, text in zip(self.in_flight_ids, self.in_flight_texts, strict=True):
+            self.vector_cache[event_id] = by_text[text]
+        self.in_flight_ids, self.in_flight_texts = [], []
 
-        With ``due_only`` only when the oldest text has waited ``embedding_max_delay``:
-        flushing on every timer would encode one or two texts at a time.
+    def _flush_embeddings(self, *, wait: bool = False) -> None:
+        """Send the pending texts of all keys to the encoder as one batch.
+
+        A batch goes out once it is full or its oldest text has waited
+        ``embedding_max_delay``, and only when the previous one is back: the child
+        encodes while this operator goes on with other events. ``wait`` sends what is
+        pending at once and waits for the vectors.
         """
-        if not self.pending_texts or self.embedder is None:
+        if self.embedder is None:
             return
-        if due_only and _now_ms() - self.pending_since_ms < self.embed_delay_ms:
-            return
-        ids = list(self.pending_texts)
-        vectors = self.embedder.encode_to_bytes([self.pending_texts[i] for i in ids])
-        self.vector_cache.update(zip(ids, vectors))
-        self.pending_texts.clear()
+        self._harvest(wait=False)
+        if self.pending_texts:
+            due = (
+                wait
+                or len(self.pending_texts) >= self.embed_batch
+                or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
+            )
+            if due and self.in_flight_ids and wait:
+                self._harvest(wait=True)
+            if due and not self.in_flight_ids:
+                self.in_flight_ids = list(self.pending_texts)
+                self.in_flight_texts = [self.pending_texts[i] for i in self.in_flight_ids]
+                self.pending_texts.clear()
+                self.embedder.submit(self.in_flight_texts)
+        if wait:
+            self._harvest(wait=True)
 
     def _missing_vectors(self, state: tracker.TrackerState, events: list[Event]) -> list[UserMessage]:
         return [
@@ -246,11 +271,16 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 state.vectors[event.event_id] = cached
         missing = [e for e in missing if e.event_id not in state.vectors]
         if missing and force:
+            self._harvest(wait=True)
             for event in missing:
                 self.pending_texts.pop(event.event_id, None)
-            vectors = self.embedder.encode_to_bytes([e.text for e in missing])
-            state.vectors.update((e.event_id, v) for e, v in zip(missing, vectors))
-            return True
+            missing = [e for e in missing if e.event_id not in self.vector_cache]
+            if missing:
+                vectors = self.embedder.encode_to_bytes([e.text for e in missing])
+                self.vector_cache.update(
+                    (e.event_id, v) for e, v in zip(missing, vectors, strict=True)
+                )
+            return self._collect_vectors(state, events, force=False)
         return not missing
 
     def _embeddings(self, state: tracker.TrackerState, events: list[Event]) -> Any:
@@ -368,8 +398,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 if not self.pending_texts:
                     self.pending_since_ms = _now_ms()
                 self.pending_texts[event.event_id] = event.text
-                if len(self.pending_texts) >= self.embed_batch:
-                    self._flush_embeddings()
+                self._flush_embeddings()
                 if not self._bounded:
                     now = ctx.timer_service().current_processing_time()
                     ctx.timer_service().register_processing_time_timer(now + self.embed_delay_ms)
@@ -411,20 +440,22 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.last_input_wall_ms + self.idle_ms + 1
             )
         if self.embedder is not None and state.open_events:
-            self._flush_embeddings(due_only=True)
+            self._flush_embeddings()
             missing = [
                 e for e in self._missing_vectors(state, state.open_events)
                 if e.event_id not in self.vector_cache
             ]
-            if any(e.event_id not in self.pending_texts for e in missing):
+            waiting = set(self.pending_texts) | set(self.in_flight_ids)
+            if any(e.event_id not in waiting for e in missing):
                 # Pending texts are not state: after a restore, encode this key's now.
                 for event in missing:
-                    self.pending_texts.setdefault(event.event_id, event.text)
-                self._flush_embeddings()
+                    if event.event_id not in waiting:
+                        self.pending_texts[event.event_id] = event.text
+                self._flush_embeddings(wait=True)
             elif missing:
-                # Not encoded yet: look again when the oldest pending text is due.
+                # Not back yet: look again after about one batch delay.
                 ctx.timer_service().register_processing_time_timer(
-                    max(now, self.pending_since_ms + self.embed_delay_ms) + 1
+                    now + max(20, self.embed_delay_ms)
                 )
             if self.sink is not None:
                 watermark_ms = self._watermark(ctx)

@@ -8,8 +8,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import importlib.util
 import pytest
-from conftest import _choose_backend, _env_overrides, docker_engine_available
+
+# Loaded by path: `import conftest` is ambiguous (tests/browser has one too).
+_spec = importlib.util.spec_from_file_location(
+    "flywheel_tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+_choose_backend = _conftest._choose_backend
+_env_overrides = _conftest._env_overrides
+docker_engine_available = _conftest.docker_engine_available
 
 
 @pytest.fixture
