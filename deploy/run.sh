@@ -74,9 +74,19 @@ case "$cmd" in
   test)
     ensure_apt_packages test
     ensure_venv
+    # Reuse a running stack; one started here is stopped when the tests end.
+    started_stack=0
+    if ! "$venv/bin/flywheel" stack status --no-health >/dev/null 2>&1; then
+      started_stack=1
+    fi
     "$venv/bin/flywheel" stack up
-    export FLYWHEEL_TEST_KEEP_STACK="${FLYWHEEL_TEST_KEEP_STACK:-1}"
-    exec "$venv/bin/python" -m pytest "$@"
+    export FLYWHEEL_TEST_KEEP_STACK=1
+    status=0
+    "$venv/bin/python" -m pytest "$@" || status=$?
+    if [[ "$started_stack" == 1 ]]; then
+      "$venv/bin/flywheel" stack down || true
+    fi
+    exit "$status"
     ;;
   *)
     echo "usage: bash deploy/run.sh demo|test [options]" >&2
