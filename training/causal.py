@@ -30,6 +30,7 @@ from training.classifier import (
     resolve_base_model,
     resolve_device,
     seed_everything,
+    set_threads,
 )
 from training.data import EditPair, dataset_sha256, is_eval_session
 from training.errors import AdapterError, EmptyPoolError
@@ -115,6 +116,7 @@ def train_response_adapter(
 
     # seed
     seed_everything(config.seed)
+    set_threads(config.torch_threads)
     # data
     usable = [p for p in pairs if p.corrected_response.strip()]
     if not usable:

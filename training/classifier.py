@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- seed & device
 
 
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU intra-op threads (process-wide); None leaves torch's default."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so a run can be repeated exactly (on one device)."""
     import numpy as np
@@ -290,6 +298,7 @@ def train_intent_adapter(
     """
     # seed
     seed_everything(config.seed)
+    set_threads(config.torch_threads)
     # data
     if not examples:
         raise EmptyPoolError("no training examples")
@@ -464,7 +473,9 @@ class Predictor:
         device: str = "auto",
         batch_size: int = 64,
         version: str | None = None,
+        torch_threads: int | None = None,
     ) -> None:
+        set_threads(torch_threads)
         adapter = check_adapter_dir(adapter_dir)
         self.adapter_dir = adapter
         self.labels = read_label_map(adapter)
@@ -569,6 +580,7 @@ __all__ = [
     "resolve_base_model",
     "resolve_device",
     "seed_everything",
+    "set_threads",
     "train_intent_adapter",
     "train_model",
 ]

@@ -68,6 +68,9 @@ class TrainerConfig(_Section):
     min_pool_classes: int = Field(default=2, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # torch intra-op threads on CPU (None: torch's default, one per core). On a busy
+    # shared machine 1 is several times faster than oversubscribed threads.
+    torch_threads: int | None = Field(default=None, ge=1)
     # Size of the synthetic base dataset (per intent) used for v1 and for replay.
     base_per_intent: int = Field(default=100, ge=1)
 
@@ -95,6 +98,7 @@ class CausalTrainerConfig(_Section):
     eval_share: float = Field(default=0.2, ge=0.0, lt=1.0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
 
 
 class GateConfig(_Section):

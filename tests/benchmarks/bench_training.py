@@ -3,11 +3,13 @@
 Run manually (not collected by pytest)::
 
     .venv/bin/python tests/benchmarks/bench_training.py [--samples 1000] [--epochs 1]
+        [--batch-sizes 16,32] [--threads 1,2]
 
 Trains a fresh LoRA adapter on ``--samples`` synthetic examples (all-MiniLM-L6-v2 base,
-offline) once per batch size, then times batched prediction with the Predictor. Prints
-samples/s, wall time and ratios. CPU here; CUDA when present. The machine's load
-average is printed too: other processes on a 2-core box change the figures a lot.
+offline) for every (torch threads, batch size) pair, then times batched prediction with
+the Predictor. Prints samples/s, wall time and ratios. CPU here; CUDA when present. The
+load average is printed too: on a shared 2-core box other processes change the figures
+a lot, and oversubscribed torch threads make it worse (compare --threads 1,2).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-sizes", default="16,32", help="comma-separated")
+    parser.add_argument("--threads", default="1,2", help="torch intra-op threads, comma-separated")
     parser.add_argument("--predict-texts", type=int, default=1000)
     args = parser.parse_args()
 
@@ -39,53 +42,50 @@ def main() -> None:
     per_intent = -(-args.samples // len(INTENTS))
     examples = base_examples(base_dataset(0, per_intent=per_intent))[: args.samples]
     device = resolve_device("auto")
-    print(
-        f"device={device} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()} "
-        f"load_avg={os.getloadavg()[0]:.2f}"
-    )
+    print(f"device={device} cpus={os.cpu_count()} torch={torch.__version__}")
     print(f"training on {len(examples)} samples x {args.epochs} epoch(s), LoRA r=8 on query,value")
-    results = {}
+    results: dict[tuple[int, int], float] = {}
+    texts = [r.text for r in heldout_dataset(0)]
+    texts = (texts * (args.predict_texts // len(texts) + 1))[: args.predict_texts]
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = None
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            config = TrainerConfig(epochs=args.epochs, batch_size=batch_size)
+        for threads in (int(t) for t in args.threads.split(",")):
+            adapter = None
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                config = TrainerConfig(
+                    epochs=args.epochs, batch_size=batch_size, torch_threads=threads
+                )
+                load = os.getloadavg()[0]
+                started = time.perf_counter()
+                result = train_intent_adapter(
+                    examples, Path(tmp) / f"t{threads}-b{batch_size}", labels=INTENTS, config=config
+                )
+                total = time.perf_counter() - started
+                stats = result.stats
+                results[(threads, batch_size)] = stats.samples_per_s
+                adapter = result.adapter_dir
+                print(
+                    f"  threads {threads} batch {batch_size:>3}: train loop {stats.wall_s:7.2f} s, "
+                    f"{stats.samples_per_s:7.1f} samples/s; wall incl. load+save {total:7.2f} s "
+                    f"(load avg {load:.2f})"
+                )
+            assert adapter is not None
+            predictor = Predictor(adapter, torch_threads=threads)
+            predictor.predict(texts[:64])  # warm-up
             started = time.perf_counter()
-            result = train_intent_adapter(
-                examples, Path(tmp) / f"bs{batch_size}", labels=INTENTS, config=config
-            )
-            total = time.perf_counter() - started
-            stats = result.stats
-            results[batch_size] = stats.samples_per_s
-            adapter = result.adapter_dir
+            predictor.predict(texts)
+            predict_s = time.perf_counter() - started
             print(
-                f"  batch {batch_size:>3}: train loop {stats.wall_s:7.2f} s, "
-                f"{stats.samples_per_s:7.1f} samples/s; wall incl. load+save {total:7.2f} s; "
-                f"final loss {stats.epoch_losses[-1]:.3f}"
+                f"  threads {threads} predict: {len(texts)} texts in {predict_s:.2f} s, "
+                f"{len(texts) / predict_s:.1f} texts/s (batch {predictor.batch_size})"
             )
-        sizes = sorted(results)
-        if len(sizes) > 1:
-            print(
-                f"  ratio samples/s batch {sizes[-1]} / batch {sizes[0]}: "
-                f"{results[sizes[-1]] / results[sizes[0]]:.2f}x"
-            )
-        assert adapter is not None
-        predictor = Predictor(adapter)
-        texts = [r.text for r in heldout_dataset(0)]
-        texts = (texts * (args.predict_texts // len(texts) + 1))[: args.predict_texts]
-        predictor.predict(texts[:64])  # warm-up
-        started = time.perf_counter()
-        predictor.predict(texts)
-        predict_s = time.perf_counter() - started
-        rate = len(texts) / predict_s
-        print(
-            f"predict: {len(texts)} texts in {predict_s:.2f} s, {rate:.1f} texts/s "
-            f"(batch {predictor.batch_size})"
-        )
-        best = max(results.values())
-        print(f"ratio inference / training throughput: {rate / best:.1f}x")
-        print(
-            f"1,000 training samples per epoch: about {1000 / best:.1f} s at the best batch size"
-        )
+    best_key = max(results, key=lambda k: results[k])
+    best = results[best_key]
+    print(
+        f"best: threads {best_key[0]}, batch {best_key[1]}: {best:.1f} samples/s; "
+        f"1,000 training samples per epoch take about {1000 / best:.1f} s"
+    )
+    for key, rate in sorted(results.items()):
+        print(f"  ratio best / (threads {key[0]}, batch {key[1]}): {best / rate:.2f}x")
 
 
 if __name__ == "__main__":

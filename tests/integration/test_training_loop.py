@@ -42,6 +42,7 @@ def world(
         pool={"consumer_group": f"pool-{uuid.uuid4().hex[:8]}"},
         retrain={"work_dir": tmp_path / "work", "min_new_samples": 50},
         registry={"cache_dir": tmp_path / "cache"},
+        trainer={"torch_threads": 1},  # see bench_training.py --threads 1,2
     )
     return {
         "settings": settings,

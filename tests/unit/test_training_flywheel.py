@@ -26,7 +26,9 @@ from training.traffic import flagged_session_messages
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = TrainingSettings.load(use_redis=False)
+# One torch thread: on a shared 2-core machine oversubscribed threads are several times
+# slower (see tests/benchmarks/bench_training.py --threads 1,2).
+SETTINGS = TrainingSettings.load(use_redis=False, trainer={"torch_threads": 1})
 
 
 @pytest.fixture(scope="module")
