@@ -146,20 +146,9 @@ def build_model(
 ) -> tuple[Any, Any]:
     """(tokenizer, PEFT model): a fresh LoRA, or the parent adapter made trainable."""
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    id2label = dict(enumerate(labels))
     with _quiet_hf():
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_model,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id={label: i for i, label in id2label.items()},
-        )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            base.config.pad_token_id = tokenizer.pad_token_id
+        tokenizer, base = _load_base_classifier(base_model, labels)
         if parent_adapter is not None:
             check_adapter_dir(parent_adapter)
             _check_adapter_weights(parent_adapter)
@@ -529,22 +518,29 @@ class Predictor:
         return self.predict([text])[0]
 
 
-def _load_for_inference(base_model: Path, adapter: Path, labels: Sequence[str]) -> tuple[Any, Any]:
-    from peft import PeftModel
+def _load_base_classifier(base_model: Path, labels: Sequence[str]) -> tuple[Any, Any]:
+    """(tokenizer, base sequence classifier) with this label map; pads with EOS/UNK if needed."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     id2label = dict(enumerate(labels))
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_model,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        base.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, base
+
+
+def _load_for_inference(base_model: Path, adapter: Path, labels: Sequence[str]) -> tuple[Any, Any]:
+    from peft import PeftModel
+
     with _quiet_hf():
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_model,
-            num_labels=len(labels),
-            id2label=id2label,
-            label2id={label: i for i, label in id2label.items()},
-        )
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-            base.config.pad_token_id = tokenizer.pad_token_id
+        tokenizer, base = _load_base_classifier(base_model, labels)
         _check_adapter_weights(adapter)
         try:
             model = PeftModel.from_pretrained(base, str(adapter))

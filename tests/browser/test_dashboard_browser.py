@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from dashboard_server import REPO_ROOT, serve
-from flywheel_seed import SeededFlywheel
+from flywheel_pipeline import PipelineFlywheel
 
 from connectors.settings import RedisSettings
 
@@ -95,7 +95,7 @@ def _ints(raw: dict[str, str]) -> dict[str, int]:
 
 
 def test_page_shows_the_figures_redis_holds(
-    browser: Any, dashboard_url: str, flywheel_state: SeededFlywheel, dashboard_redis: RedisSettings
+    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel, dashboard_redis: RedisSettings
 ) -> None:
     _load(browser, dashboard_url)
     page = browser.execute_script(SNAPSHOT_JS)
@@ -167,7 +167,7 @@ def test_page_shows_the_figures_redis_holds(
 
 
 def test_page_follows_new_writes(
-    browser: Any, dashboard_url: str, flywheel_state: SeededFlywheel, dashboard_redis: RedisSettings
+    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel, dashboard_redis: RedisSettings
 ) -> None:
     _load(browser, dashboard_url)
     redis = dashboard_redis.client()
@@ -180,7 +180,7 @@ def test_page_follows_new_writes(
 
 
 def test_session_lookup_shows_live_features_and_screenshot(
-    browser: Any, dashboard_url: str, flywheel_state: SeededFlywheel, dashboard_redis: RedisSettings
+    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel, dashboard_redis: RedisSettings
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -235,7 +235,7 @@ def test_session_lookup_shows_live_features_and_screenshot(
 
 
 def test_unknown_session_says_so(
-    browser: Any, dashboard_url: str, flywheel_state: SeededFlywheel
+    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel
 ) -> None:
     _load(browser, dashboard_url)
     _by_testid(browser, "session-input").send_keys("no-such-session")
