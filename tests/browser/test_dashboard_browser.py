@@ -50,11 +50,15 @@ return {
 
 
 def _wait(driver: Any, condition: Any, what: str) -> Any:
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(condition)
+        # The page re-renders on every refresh, so an element may go stale mid-check.
+        return WebDriverWait(
+            driver, WAIT_S, poll_frequency=0.1,
+            ignored_exceptions=(StaleElementReferenceException,),
+        ).until(condition)
     except TimeoutException:
         logs = driver.get_log("browser") if hasattr(driver, "get_log") else []
         pytest.fail(f"timed out waiting for {what}; browser console: {logs}")
@@ -199,22 +203,35 @@ def test_session_lookup_shows_live_features_and_screenshot(
         ),
         f"session {session_id} to show",
     )
-    assert result.is_displayed()
+    assert result is not None
     stored = dashboard_redis.client().hgetall(f"{dashboard_redis.key_prefix}session:{session_id}")
-    shown = {
-        node.get_attribute("data-field"): node
-        for node in result.find_elements(By.CSS_SELECTOR, "[data-field]")
-    }
+    # The page re-renders the session on every refresh: read it in one script so no
+    # element goes stale between two reads.
+    page = browser.execute_script(
+        """
+        const root = document.querySelector('[data-testid="session-result"]');
+        const fields = {};
+        root.querySelectorAll('[data-field]').forEach((n) => {
+          fields[n.getAttribute('data-field')] = {
+            value: n.getAttribute('data-value'), text: n.innerText.trim() };
+        });
+        const status = document.querySelector('[data-testid="session-status"]');
+        const reasons = [...document.querySelectorAll('[data-testid="session-reason"]')]
+          .map((b) => b.getAttribute('data-value'));
+        return {fields, status: status && status.getAttribute('data-value'), reasons,
+                displayed: root.offsetParent !== null};
+        """
+    )
+    assert page["displayed"]
+    shown = page["fields"]
     skipped_in_grid = {"session_id", "status", "reasons", "flagged"}  # shown in the header
     assert set(shown) == set(stored) - skipped_in_grid
     for name, node in shown.items():
-        assert node.get_attribute("data-value") == stored[name], name
-    assert shown["no_order"].text == ("yes" if stored["no_order"] == "1" else "no")
-    assert shown["user_turns"].text == stored["user_turns"]
-    status = _by_testid(browser, "session-status")
-    assert status.get_attribute("data-value") == stored["status"]
-    badges = browser.find_elements(By.CSS_SELECTOR, '[data-testid="session-reason"]')
-    assert [b.get_attribute("data-value") for b in badges] == stored["reasons"].split(",")
+        assert node["value"] == stored[name], name
+    assert shown["no_order"]["text"] == ("yes" if stored["no_order"] == "1" else "no")
+    assert shown["user_turns"]["text"] == stored["user_turns"]
+    assert page["status"] == stored["status"]
+    assert page["reasons"] == stored["reasons"].split(",")
     assert browser.current_url.endswith(f"#session={session_id}")
 
     # A later write to the session shows up without another click (live features).
