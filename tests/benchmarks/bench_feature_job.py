@@ -175,7 +175,7 @@ def main() -> None:
 
     ctx = load_context(
         output_base=f"s3://{os.environ.get('FLYWHEEL_S3_BUCKET', 'flywheel')}/bench-{suffix}",
-        checkpoint_interval="PT5S",
+        checkpoint_interval=os.environ.get("BENCH_CHECKPOINT_INTERVAL", "PT5S"),
     )
     rate_encode = encode_rate(user_texts[:3000], ctx.job.embedding_batch_size)
     ceiling = rate_encode / user_share
