@@ -392,8 +392,9 @@ class RuleSet:
         """Rules from YAML text, or from a file when given a path.
 
         A `str` is read as a path when it is one line that ends in .yaml/.yml or names an
-        existing file; otherwise as YAML text. Accepted layouts: ``rules: [{id, expression, description?}, ...]``,
-        ``rules: {id: expression, ...}``, or the bare list / mapping.
+        existing file; otherwise as YAML text. Accepted layouts:
+        ``rules: [{id, expression, description?}, ...]``, ``rules: {id: expression, ...}``,
+        or the bare list / mapping.
         """
         if isinstance(source, os.PathLike) or (
             "\n" not in source
