@@ -1,0 +1,27 @@
+"""features/ and schemas/ stay typed (mypy --strict) and lint-clean (ruff)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(BIN / "ruff"), "check", "features", "schemas"],
+        [str(BIN / "mypy")],  # files and strictness come from pyproject.toml
+    ],
+    ids=["ruff", "mypy"],
+)
+def test_static_checks_pass(command: list[str]) -> None:
+    if not Path(command[0]).exists():
+        pytest.skip(f"{command[0]} is not installed in this environment")
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
