@@ -172,6 +172,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             self.embedder = EmbeddingProcess(
                 self._python_executable, settings.embedding_model_path,
                 settings.embedding_batch_size,
+                settings.embedding_threads,
             )
         self.sink: Any = None
         if self._redis_factory is not None:

@@ -43,6 +43,8 @@ class FeatureJobSettings(FlywheelSettings):
     embedding_model_path: Path | None = None
     embedding_batch_size: int = Field(64, ge=1)
     embedding_max_delay: timedelta = timedelta(milliseconds=100)
+    # Torch threads of the encoder child; 0 = torch's default (all cores).
+    embedding_threads: int = Field(1, ge=0)
 
     # Sinks.
     output_base: str | None = None  # s3://bucket/prefix or a local path; Parquet lands below
@@ -55,6 +57,7 @@ class FeatureJobSettings(FlywheelSettings):
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
     checkpoint_interval: timedelta = timedelta(seconds=10)
     checkpoint_dir: str | None = None
+    unaligned_checkpoints: bool = True
     python_execution_mode: Literal["thread", "process"] = "thread"
     state_ttl: timedelta = timedelta(days=2)
 
