@@ -19,7 +19,9 @@ from typing import Any
 from pyflink.common import Row
 from pyflink.common.typeinfo import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import (
+    KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext, TimeDomain,
+)
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.common.time import Time
 
@@ -414,7 +416,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         state = self._load()
-        if ctx.time_domain().name == "PROCESSING_TIME" or str(ctx.time_domain()).endswith("PROCESSING_TIME"):
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             yield from self._on_processing_timer(timestamp, ctx, state)
         else:
             watermark_ms = self._watermark(ctx)

@@ -246,8 +246,6 @@ def _valid_event_time_sql(json_text: str) -> str:
 
 def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False) -> tuple[Any, Any]:
     """The streaming job: Kafka events -> Redis, Parquet, flagged and dead-letter topics."""
-    from pyflink.common.typeinfo import Types
-
     from jobs.operators import DLQ_TAG, FLAGGED_TAG, KEYED_JSON_TYPE
 
     env, t_env = _environments(ctx, bounded=False, savepoint=savepoint)
@@ -306,7 +304,6 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
         t_env.from_data_stream(dead_letters.map(lambda r: r, output_type=KEYED_JSON_TYPE)
                                .uid("dead-letters").name("Dead letters")),
     )
-    _ = Types
     statements.attach_as_datastream()
     return env, t_env
 
