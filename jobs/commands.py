@@ -116,10 +116,9 @@ def stop_when_idle(
                 break
     finally:
         monitor.close()
-    savepoint_dir = (
-        ctx.job.checkpoint_dir.rstrip("/") + "/savepoints" if ctx.job.checkpoint_dir else None
-    )
-    return str(client.stop_with_savepoint(drain, savepoint_dir).result())
+    from jobs.streaming import checkpoint_dir
+
+    return str(client.stop_with_savepoint(drain, checkpoint_dir(ctx) + "/savepoints").result())
 
 
 def run_streaming(

@@ -181,8 +181,10 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             from jobs.redis_sink import RedisSessionSink
 
             self.sink = RedisSessionSink(
-                self._redis_factory(), self._key_prefix, self._session_ttl_s
+                self._redis_factory(), self._key_prefix, self._session_ttl_s,
+                flush_interval_ms=int(settings.redis_flush_interval.total_seconds() * 1000),
             )
+        self.flush_timer_ms: int | None = None
         descriptor = ValueStateDescriptor("tracker", Types.PICKLED_BYTE_ARRAY())
         ttl_s = int(settings.state_ttl.total_seconds())
         descriptor.enable_time_to_live(
@@ -204,8 +206,25 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     # --- helpers ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        if self.sink is not None:
+            self.sink.flush()
         if self.embedder is not None:
             self.embedder.close()
+
+    def _flush_redis(self, ctx: Any) -> None:
+        """Send buffered Redis writes once due; until then a processing timer is pending."""
+        sink = self.sink
+        if sink is None:
+            return
+        since_ms = sink.pending_since_ms()
+        if since_ms is None:
+            return
+        if sink.due(_now_ms()) or self._bounded:
+            sink.flush()
+            self.flush_timer_ms = None
+        elif self.flush_timer_ms is None:
+            self.flush_timer_ms = since_ms + sink.flush_interval_ms
+            ctx.timer_service().register_processing_time_timer(self.flush_timer_ms)
 
     def _watermark(self, ctx: Any) -> int:
         return max(ctx.timer_service().current_watermark(), self.idle_watermark_ms)
@@ -329,13 +348,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             for event in session:
                 state.vectors.pop(event.event_id, None)
             if self.sink is not None:
-                pipe = self.sink.pipeline()
                 version = session_version(session[-1].ts_ms, True, len(session), 0)
                 self.sink.write_session(
-                    row["session_id"], feats.to_redis_hash(), status="closed",
-                    version=version, pipe=pipe,
+                    row["session_id"], feats.to_redis_hash(), status="closed", version=version
                 )
-                self.sink.count(closed_session_counters(row), pipe=pipe)
+                self.sink.count(closed_session_counters(row))
                 self.sink.count_model(
                     row["model_version"],
                     {
@@ -343,9 +360,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                         "negative_sessions": int(row["negative_feedback_count"] > 0),
                         "flagged_sessions": int(row["flagged"]),
                     },
-                    pipe=pipe,
                 )
-                pipe.execute()
             yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
             if row["flagged"]:
                 message = build_flagged_message(session, feats)
@@ -413,10 +428,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if self.sink is not None:
             self.sink.count(counters)
         self._save(state)
+        self._flush_redis(ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         state = self._load()
-        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+        processing = ctx.time_domain() == TimeDomain.PROCESSING_TIME
+        if processing and self.flush_timer_ms is not None and timestamp >= self.flush_timer_ms:
+            self.flush_timer_ms = None
+        if processing:
             yield from self._on_processing_timer(timestamp, ctx, state)
         else:
             watermark_ms = self._watermark(ctx)
@@ -429,6 +448,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if next_prune is not None:
             ctx.timer_service().register_event_time_timer(next_prune)
         self._save(state)
+        self._flush_redis(ctx)
 
     def _on_processing_timer(self, timestamp: int, ctx: Any, state: tracker.TrackerState) -> Iterator[Any]:
         now = _now_ms()

@@ -4,11 +4,17 @@ A session hash is written only when its version is newer than the stored one
 (as Feast's Redis store checks timestamps), so a replay after a failure, or an
 older update arriving late, never overwrites newer data. Every write refreshes
 the key's TTL.
+
+The job buffers its writes (``flush_interval_ms``) and sends them as one pipeline:
+a round trip per event was the largest cost of the feature operator. Buffered
+session writes coalesce to the newest version per key, counters to one increment
+per field, so a flush is small however many events it covers.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,11 +50,77 @@ def session_version(session_end_ms: int, closed: bool, event_count: int, as_of_m
 class RedisSessionSink:
     """Writes ``fw:session:<id>`` hashes and ``fw:stats:*`` / ``fw:model:*`` counters."""
 
-    def __init__(self, client: Any, key_prefix: str = "fw:", session_ttl_s: int = 7 * 24 * 3600):
+    def __init__(
+        self,
+        client: Any,
+        key_prefix: str = "fw:",
+        session_ttl_s: int = 7 * 24 * 3600,
+        *,
+        flush_interval_ms: int = 0,
+        max_buffered: int = 2_000,
+    ):
         self._redis = client
         self.key_prefix = key_prefix
         self.session_ttl_s = session_ttl_s
         self._script = client.register_script(_VERSIONED_HSET)
+        # 0 = write through; otherwise writes wait in these buffers until ``flush``.
+        self.flush_interval_ms = flush_interval_ms
+        self.max_buffered = max_buffered
+        self._sessions: dict[str, tuple[str, list[str]]] = {}  # key -> (version, args)
+        self._totals: Counter[str] = Counter()
+        self._minutes: dict[int, Counter[str]] = {}
+        self._models: dict[str, Counter[str]] = {}
+        self._oldest_ms: int | None = None
+
+    # --- buffering -------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> bool:
+        return self.flush_interval_ms > 0
+
+    def pending_since_ms(self) -> int | None:
+        """Wall-clock time of the oldest buffered write, or None when nothing waits."""
+        return self._oldest_ms
+
+    def due(self, now_ms: int) -> bool:
+        """Whether the buffer should be flushed now (old enough or large enough)."""
+        if self._oldest_ms is None:
+            return False
+        size = len(self._sessions) + len(self._totals)
+        return now_ms - self._oldest_ms >= self.flush_interval_ms or size >= self.max_buffered
+
+    def _touch(self) -> None:
+        if self._oldest_ms is None:
+            self._oldest_ms = _now_ms()
+
+    def flush(self) -> None:
+        """Send every buffered write in one pipeline (a no-op when nothing waits)."""
+        if self._oldest_ms is None:
+            return
+        pipe = self.pipeline()
+        for key, (_, args) in self._sessions.items():
+            self._script(keys=[key], args=args, client=pipe)
+        self._add_counters(pipe, self._totals, self._minutes)
+        for model_key, counts in self._models.items():
+            for name, value in counts.items():
+                pipe.hincrby(model_key, name, value)
+        pipe.execute()
+        self._sessions.clear()
+        self._totals.clear()
+        self._minutes.clear()
+        self._models.clear()
+        self._oldest_ms = None
+
+    def _add_counters(
+        self, pipe: Any, totals: Mapping[str, int], minutes: Mapping[int, Mapping[str, int]]
+    ) -> None:
+        for name, value in totals.items():
+            pipe.hincrby(f"{self.key_prefix}stats:total", name, value)
+        for minute, counts in minutes.items():
+            minute_key = f"{self.key_prefix}stats:minute:{minute}"
+            for name, value in counts.items():
+                pipe.hincrby(minute_key, name, value)
+            pipe.expire(minute_key, MINUTE_STATS_TTL_S)
 
     def session_key(self, session_id: str) -> str:
         return f"{self.key_prefix}session:{session_id}"
@@ -70,7 +142,15 @@ class RedisSessionSink:
         args: list[str] = [version, str(self.session_ttl_s)]
         for key, value in fields.items():
             args.extend((key, value))
-        self._script(keys=[self.session_key(session_id)], args=args, client=pipe or self._redis)
+        redis_key = self.session_key(session_id)
+        if self.buffered and pipe is None:
+            # Versions sort as strings (see session_version): keep only the newest.
+            waiting = self._sessions.get(redis_key)
+            if waiting is None or waiting[0] <= version:
+                self._sessions[redis_key] = (version, args)
+            self._touch()
+            return
+        self._script(keys=[redis_key], args=args, client=pipe or self._redis)
 
     def pipeline(self) -> Any:
         return self._redis.pipeline(transaction=False)
@@ -79,20 +159,25 @@ class RedisSessionSink:
         """Add ``counters`` to the running totals and the current minute's bucket."""
         if not counters:
             return
+        minute = (now_ms if now_ms is not None else _now_ms()) // 60_000
+        if self.buffered and pipe is None:
+            self._totals.update(counters)
+            self._minutes.setdefault(minute, Counter()).update(counters)
+            self._touch()
+            return
         own = pipe is None
         pipe = pipe if pipe is not None else self.pipeline()
-        minute = (now_ms if now_ms is not None else _now_ms()) // 60_000
-        minute_key = f"{self.key_prefix}stats:minute:{minute}"
-        for name, value in counters.items():
-            pipe.hincrby(f"{self.key_prefix}stats:total", name, value)
-            pipe.hincrby(minute_key, name, value)
-        pipe.expire(minute_key, MINUTE_STATS_TTL_S)
+        self._add_counters(pipe, counters, {minute: counters})
         if own:
             pipe.execute()
 
     def count_model(self, model_version: str, counters: Mapping[str, int], *, pipe: Any = None) -> None:
         """Per-model session counters read by automatic rollback."""
         key = f"{self.key_prefix}model:{model_version or 'unknown'}"
+        if self.buffered and pipe is None:
+            self._models.setdefault(key, Counter()).update(counters)
+            self._touch()
+            return
         target = pipe if pipe is not None else self._redis
         for name, value in counters.items():
             target.hincrby(key, name, value)

@@ -49,6 +49,9 @@ class FeatureJobSettings(FlywheelSettings):
     # Sinks.
     output_base: str | None = None  # s3://bucket/prefix or a local path; Parquet lands below
     redis_enabled: bool = True
+    # Redis writes wait at most this long to go out together in one pipeline; 0 = one
+    # round trip per write.
+    redis_flush_interval: timedelta = timedelta(milliseconds=50)
     flagged_transaction_timeout: timedelta = timedelta(minutes=10)
 
     # Runtime.
@@ -56,7 +59,8 @@ class FeatureJobSettings(FlywheelSettings):
     consumer_group: str = "flywheel-feature-job"
     starting_offsets: Literal["earliest", "latest", "committed"] = "earliest"
     checkpoint_interval: timedelta = timedelta(seconds=10)
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = None  # default: <output_base>/checkpoints
+    tolerable_failed_checkpoints: int = Field(3, ge=0)
     unaligned_checkpoints: bool = True
     python_execution_mode: Literal["thread", "process"] = "thread"
     state_ttl: timedelta = timedelta(days=2)

@@ -89,10 +89,15 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
             "execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION"
         )
         conf.set_string("state.backend.type", "hashmap")
-        if ctx.job.checkpoint_dir:
-            conf.set_string("execution.checkpointing.dir", ctx.job.checkpoint_dir)
-            conf.set_string("state.checkpoints.dir", ctx.job.checkpoint_dir)
-            conf.set_string("state.savepoints.dir", ctx.job.checkpoint_dir.rstrip("/") + "/savepoints")
+        # A checkpoint that fails once (a slow S3 write) must not restart the job.
+        conf.set_string(
+            "execution.checkpointing.tolerable-failed-checkpoints",
+            str(ctx.job.tolerable_failed_checkpoints),
+        )
+        directory = checkpoint_dir(ctx)
+        conf.set_string("execution.checkpointing.dir", directory)
+        conf.set_string("state.checkpoints.dir", directory)
+        conf.set_string("state.savepoints.dir", directory + "/savepoints")
     return conf
 
 
@@ -185,6 +190,18 @@ def output_base(ctx: JobContext, override: str | None = None) -> str:
     if "://" not in base:
         base = Path(base).resolve().as_uri()
     return base.rstrip("/")
+
+
+def checkpoint_dir(ctx: JobContext) -> str:
+    """Checkpoints and savepoints: the job setting, or ``<output base>/checkpoints``.
+
+    Never Flink's in-memory default: it refuses state over 5 MiB, which a few thousand
+    open sessions with their vectors exceed, and it keeps nothing for a restart.
+    """
+    directory = ctx.job.checkpoint_dir or output_base(ctx) + "/checkpoints"
+    if "://" not in directory:
+        directory = Path(directory).resolve().as_uri()
+    return directory.rstrip("/")
 
 
 def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:

@@ -1,0 +1,83 @@
+"""The feature job's Redis writes on a real Redis: versioning, TTL, counters, buffering."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobs.redis_sink import RedisSessionSink, session_version
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def client(redis_settings: Any) -> Any:
+    redis = redis_settings.client()
+    yield redis
+    redis.close()
+
+
+def _version(end_ms: int, events: int, closed: bool = False) -> str:
+    return session_version(end_ms, closed, events, end_ms)
+
+
+def test_write_through_refuses_an_older_version_and_refreshes_ttl(client: Any, redis_prefix: str) -> None:
+    sink = RedisSessionSink(client, redis_prefix, session_ttl_s=600)
+    sink.write_session("s1", {"event_count": "3"}, status="open", version=_version(3_000, 3))
+    client.expire(f"{redis_prefix}session:s1", 5)
+
+    sink.write_session("s1", {"event_count": "2"}, status="open", version=_version(2_000, 2))
+
+    stored = sink.read_session("s1")
+    assert stored["event_count"] == "3"
+    assert client.ttl(f"{redis_prefix}session:s1") > 500  # refused, yet the TTL was refreshed
+
+
+def test_buffered_writes_wait_for_flush_and_keep_the_newest_version(client: Any, redis_prefix: str) -> None:
+    sink = RedisSessionSink(client, redis_prefix, flush_interval_ms=10_000)
+    sink.write_session("s1", {"event_count": "2"}, status="open", version=_version(2_000, 2))
+    sink.write_session("s1", {"event_count": "4"}, status="open", version=_version(4_000, 4))
+    # Delivered out of order: an older update after a newer one is dropped in the buffer.
+    sink.write_session("s1", {"event_count": "3"}, status="open", version=_version(3_000, 3))
+    sink.count({"events": 1, "duplicates": 1}, now_ms=60_000)
+    sink.count({"events": 2}, now_ms=60_000)
+    sink.count({"events": 1}, now_ms=120_000)
+    sink.count_model("v1", {"sessions": 1})
+    sink.count_model("v1", {"sessions": 1, "flagged_sessions": 1})
+
+    assert client.exists(f"{redis_prefix}session:s1") == 0
+    assert not sink.due(sink.pending_since_ms() + 9_999)
+    assert sink.due(sink.pending_since_ms() + 10_000)
+
+    sink.flush()
+
+    assert sink.pending_since_ms() is None
+    assert sink.read_session("s1")["event_count"] == "4"
+    assert client.hgetall(f"{redis_prefix}stats:total") == {"events": "4", "duplicates": "1"}
+    assert client.hgetall(f"{redis_prefix}stats:minute:1") == {"events": "3", "duplicates": "1"}
+    assert client.hgetall(f"{redis_prefix}stats:minute:2") == {"events": "1"}
+    assert client.ttl(f"{redis_prefix}stats:minute:1") > 0
+    assert client.hgetall(f"{redis_prefix}model:v1") == {"sessions": "2", "flagged_sessions": "1"}
+
+
+def test_a_buffered_replay_never_overwrites_newer_data_already_in_redis(
+    client: Any, redis_prefix: str
+) -> None:
+    RedisSessionSink(client, redis_prefix).write_session(
+        "s1", {"event_count": "5"}, status="closed", version=_version(5_000, 5, closed=True)
+    )
+    replaying = RedisSessionSink(client, redis_prefix, flush_interval_ms=50)
+    replaying.write_session("s1", {"event_count": "4"}, status="open", version=_version(4_000, 4))
+    replaying.flush()
+    assert replaying.read_session("s1")["status"] == "closed"
+    assert replaying.read_session("s1")["event_count"] == "5"
+
+
+def test_a_full_buffer_is_due_at_once(client: Any, redis_prefix: str) -> None:
+    sink = RedisSessionSink(client, redis_prefix, flush_interval_ms=60_000, max_buffered=3)
+    for i in range(3):
+        sink.write_session(f"s{i}", {"event_count": "1"}, status="open", version=_version(1_000, 1))
+    assert sink.due(sink.pending_since_ms() or 0)
+    sink.flush()
+    assert all(sink.read_session(f"s{i}")["event_count"] == "1" for i in range(3))
