@@ -280,6 +280,36 @@ def compute_features(
     return SessionFeatures(**row, reasons=reasons, flagged=bool(reasons))
 
 
+def open_window_deadlines(
+    events: Sequence[Event], cta_window_ms: int, silence_gap_ms: int
+) -> set[int]:
+    """When a window of this open session runs out and changes its values.
+
+    A CTA send with no click within its window turns "not clicked", and an assistant
+    message with no user reply within the gap turns into a long silence, the moment
+    event time reaches its deadline (see ``compute_features``' ``as_of_ms``). Sends
+    clicked and messages answered in time never change again and are left out.
+    """
+    ordered = dedup_and_order(events)
+    next_click_ts: dict[str, int] = {}
+    deadlines: set[int] = set()
+    for event in reversed(ordered):
+        if isinstance(event, CtaClick):
+            next_click_ts[event.cta_id] = event.ts_ms
+        elif isinstance(event, CtaSent):
+            click_ts = next_click_ts.get(event.cta_id)
+            if click_ts is None or click_ts > event.ts_ms + cta_window_ms:
+                deadlines.add(event.ts_ms + cta_window_ms)
+    user_ts = [e.ts_ms for e in ordered if isinstance(e, UserMessage)]
+    for event in ordered:
+        if isinstance(event, AssistantMessage):
+            deadline = event.ts_ms + silence_gap_ms
+            following = bisect_right(user_ts, event.ts_ms)
+            if following == len(user_ts) or user_ts[following] > deadline:
+                deadlines.add(deadline)
+    return deadlines
+
+
 def _count_cta_outcomes(
     ordered: Sequence[Event], window_ms: int, as_of_ms: int | None
 ) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from features.compute import open_window_deadlines
 from schemas.events import Event
 
 
@@ -132,3 +133,29 @@ def next_prune_ms(state: TrackerState, session_gap_ms: int) -> int | None:
     if not state.closed_sessions:
         return None
     return min(e for _, e in state.closed_sessions) + 2 * session_gap_ms + 1
+
+
+def event_time_timers(
+    state: TrackerState,
+    watermark_ms: int,
+    session_gap_ms: int,
+    *,
+    cta_window_ms: int | None = None,
+    silence_gap_ms: int | None = None,
+) -> set[int]:
+    """The event-time timers this state needs after ``watermark_ms``.
+
+    Each open session's close, the next prune and, when window lengths are given (the
+    online store shows open sessions), every window deadline that will change an open
+    session's values. The job keeps exactly these registered, deleting the ones a new
+    event makes unnecessary: a session's earlier ends, a CTA clicked, a message answered.
+    """
+    timers: set[int] = set()
+    for session in open_sessions(state, session_gap_ms):
+        timers.add(session[-1].ts_ms + session_gap_ms)
+        if cta_window_ms is not None and silence_gap_ms is not None:
+            timers.update(open_window_deadlines(session, cta_window_ms, silence_gap_ms))
+    prune_at = next_prune_ms(state, session_gap_ms)
+    if prune_at is not None:
+        timers.add(prune_at)
+    return {t for t in timers if t > watermark_ms}

@@ -69,6 +69,14 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _odd(ms: int) -> int:
+    return ms | 1
+
+
+def _even(ms: int) -> int:
+    return ms + (ms & 1)
+
+
 def utc_date(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ms // 1000))
 
@@ -166,6 +174,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.bound_ms = self.config.max_out_of_order_ms
         self.idle_ms = self.config.idle_timeout_ms
         self.embed_delay_ms = max(1, int(settings.embedding_max_delay.total_seconds() * 1000))
+        self.poll_ms = max(1, int(settings.embedding_poll_interval.total_seconds() * 1000))
         self.embed_batch = settings.embedding_batch_size
         self.embedder: Any = None
         if settings.embedding_enabled:
@@ -200,6 +209,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.in_flight_ids: list[str] = []
         self.in_flight_texts: list[str] = []
         self.vector_cache: dict[str, bytes] = {}
+        # session_id -> user messages whose vectors its Redis hash waits for.
+        self.waiting_by_key: dict[str, set[str]] = {}
         self.last_input_wall_ms = _now_ms()
         self.idle_watermark_ms = -(2**63)
 
@@ -223,8 +234,29 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             sink.flush()
             self.flush_timer_ms = None
         elif self.flush_timer_ms is None:
-            self.flush_timer_ms = since_ms + sink.flush_interval_ms
+            self.flush_timer_ms = _odd(since_ms + sink.flush_interval_ms)
             ctx.timer_service().register_processing_time_timer(self.flush_timer_ms)
+
+    def _event_timers(self, ctx: Any, state: tracker.TrackerState) -> set[int]:
+        windows = self.sink is not None  # only the online store shows open sessions
+        return tracker.event_time_timers(
+            state, ctx.timer_service().current_watermark(), self.gap_ms,
+            cta_window_ms=self.config.cta_window_ms if windows else None,
+            silence_gap_ms=self.config.silence_gap_ms if windows else None,
+        )
+
+    def _sync_event_timers(self, ctx: Any, before: set[int], state: tracker.TrackerState) -> None:
+        """Keep exactly the event-time timers ``state`` needs (see ``event_time_timers``).
+
+        Each timer costs a Python call with a state round trip when it fires, and most
+        would find nothing to do: a session's earlier ends, CTAs clicked in time.
+        """
+        after = self._event_timers(ctx, state)
+        timers = ctx.timer_service()
+        for timestamp in before - after:
+            timers.delete_event_time_timer(timestamp)
+        for timestamp in after - before:
+            timers.register_event_time_timer(timestamp)
 
     def _watermark(self, ctx: Any) -> int:
         return max(ctx.timer_service().current_watermark(), self.idle_watermark_ms)
@@ -250,7 +282,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             self.vector_cache[event_id] = by_text[text]
         self.in_flight_ids, self.in_flight_texts = [], []
 
-    def _flush_embeddings(self, *, wait: bool = False) -> None:
+    def _pump_embeddings(self, *, wait: bool = False) -> None:
         """Send the pending texts of all keys to the encoder as one batch.
 
         A batch goes out once it is full or its oldest text has waited
@@ -291,6 +323,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             cached = self.vector_cache.pop(event.event_id, None)
             if cached is not None:
                 state.vectors[event.event_id] = cached
+                waiting = self.waiting_by_key.get(event.session_id)
+                if waiting is not None:
+                    waiting.discard(event.event_id)
+                    if not waiting:
+                        del self.waiting_by_key[event.session_id]
         missing = [e for e in missing if e.event_id not in state.vectors]
         if missing and force:
             self._harvest(wait=True)
@@ -366,20 +403,27 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 message = build_flagged_message(session, feats)
                 yield FLAGGED_TAG, Row(row["session_id"], json.dumps(message, ensure_ascii=False))
 
-    def _register_timers(self, ctx: Any, state: tracker.TrackerState, event: Event) -> None:
-        timers = ctx.timer_service()
-        for session in tracker.open_sessions(state, self.gap_ms):
-            timers.register_event_time_timer(session[-1].ts_ms + self.gap_ms)
-        if self.sink is not None:
-            # Windows running out change open-session values on Redis.
-            kind = event.event_type
-            if kind == "cta_sent":
-                timers.register_event_time_timer(event.ts_ms + self.config.cta_window_ms)
-            elif kind == "assistant_message":
-                timers.register_event_time_timer(event.ts_ms + self.config.silence_gap_ms)
+    def _register_idle_timer(self, ctx: Any) -> None:
         if not self._bounded:
+            timers = ctx.timer_service()
             now = timers.current_processing_time()
-            timers.register_processing_time_timer((now // 1000 + 1) * 1000 + self.idle_ms)
+            timers.register_processing_time_timer(_even((now // 1000 + 1) * 1000 + self.idle_ms))
+
+    def _register_poll(self, ctx: Any, delay_ms: int) -> None:
+        ctx.timer_service().register_processing_time_timer(_odd(_now_ms() + delay_ms))
+
+    def _write_waiting(self, ctx: Any, state: tracker.TrackerState) -> None:
+        """Bring this key's vectors into state and write its open sessions that lacked them.
+
+        Texts the encoder no longer holds (pending texts are not state: after a restore)
+        are encoded now.
+        """
+        self.waiting_by_key.pop(ctx.get_current_key(), None)
+        watermark_ms = self._watermark(ctx)
+        for session in tracker.open_sessions(state, self.gap_ms):
+            if self._missing_vectors(state, session):
+                self._collect_vectors(state, session, force=True)
+                self._write_open(state, session, watermark_ms)
 
     # --- Flink callbacks -------------------------------------------------------------------
 
@@ -387,6 +431,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         event, position = value
         self.last_input_wall_ms = _now_ms()
         state = self._load()
+        timers_before = self._event_timers(ctx, state)
         watermark_ms = self._watermark(ctx)
         admission = tracker.admit(state, event, watermark_ms, self.gap_ms)
         counters = {"events": 1}
@@ -416,76 +461,79 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 if not self.pending_texts:
                     self.pending_since_ms = _now_ms()
                 self.pending_texts[event.event_id] = event.text
-                self._flush_embeddings()
                 if not self._bounded:
-                    now = ctx.timer_service().current_processing_time()
-                    ctx.timer_service().register_processing_time_timer(now + self.embed_delay_ms)
-            self._register_timers(ctx, state, event)
+                    self.waiting_by_key.setdefault(event.session_id, set()).add(event.event_id)
+                    self._register_poll(ctx, self.embed_delay_ms + self.poll_ms)
+            self._register_idle_timer(ctx)
             if self.sink is not None:
                 for session in tracker.open_sessions(state, self.gap_ms):
                     if any(e.event_id == event.event_id for e in session):
                         self._write_open(state, session, watermark_ms)
+        self._pump_embeddings()
         if self.sink is not None:
             self.sink.count(counters)
+        self._sync_event_timers(ctx, timers_before, state)
         self._save(state)
         self._flush_redis(ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        state = self._load()
-        processing = ctx.time_domain() == TimeDomain.PROCESSING_TIME
-        if processing and self.flush_timer_ms is not None and timestamp >= self.flush_timer_ms:
-            self.flush_timer_ms = None
-        if processing:
-            yield from self._on_processing_timer(timestamp, ctx, state)
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            if timestamp & 1:
+                self._on_poll_timer(timestamp, ctx)
+                return
+            state = self._load()
+            timers_before = self._event_timers(ctx, state)
+            yield from self._on_idle_timer(ctx, state)
         else:
+            state = self._load()
+            timers_before = self._event_timers(ctx, state)
             watermark_ms = self._watermark(ctx)
             yield from self._close(state, watermark_ms)
             if self.sink is not None and state.open_events:
                 latest = tracker.open_sessions(state, self.gap_ms)[-1]
                 self._write_open(state, latest, watermark_ms)
         tracker.prune(state, self._watermark(ctx), self.gap_ms)
-        next_prune = tracker.next_prune_ms(state, self.gap_ms)
-        if next_prune is not None:
-            ctx.timer_service().register_event_time_timer(next_prune)
+        self._sync_event_timers(ctx, timers_before, state)
         self._save(state)
         self._flush_redis(ctx)
 
-    def _on_processing_timer(self, timestamp: int, ctx: Any, state: tracker.TrackerState) -> Iterator[Any]:
+    # Processing-time timers come in two kinds, told apart by the parity of their time so
+    # that one never stands in for the other: even ones drive idle advance, odd ones
+    # flush Redis and look for vectors (they must not break a key's chain of idle timers).
+
+    def _on_poll_timer(self, timestamp: int, ctx: Any) -> None:
+        """Flush Redis; once the vectors this key waits for are back, write its hash."""
+        if self.flush_timer_ms is not None and timestamp >= self.flush_timer_ms:
+            self.flush_timer_ms = None
+        self._pump_embeddings()
+        waiting = self.waiting_by_key.get(ctx.get_current_key())
+        if waiting:
+            in_encoder = self.pending_texts.keys() | set(self.in_flight_ids)
+            if any(event_id in in_encoder for event_id in waiting):
+                self._register_poll(ctx, self.poll_ms)  # cheap: no state round trip
+            else:
+                state = self._load()
+                self._write_waiting(ctx, state)
+                self._save(state)
+        self._flush_redis(ctx)
+
+    def _on_idle_timer(self, ctx: Any, state: tracker.TrackerState) -> Iterator[Any]:
         now = _now_ms()
         if now - self.last_input_wall_ms >= self.idle_ms:
             # Idle input: the watermark advances to wall-clock now minus the bound.
             self.idle_watermark_ms = max(self.idle_watermark_ms, now - self.bound_ms - 1)
             yield from self._close(state, self._watermark(ctx))
             if state.open_events:
-                ctx.timer_service().register_processing_time_timer(now + self.idle_ms)
+                ctx.timer_service().register_processing_time_timer(_even(now + self.idle_ms))
         elif state.open_events:
             ctx.timer_service().register_processing_time_timer(
-                self.last_input_wall_ms + self.idle_ms + 1
+                _even(self.last_input_wall_ms + self.idle_ms + 1)
             )
         if self.embedder is not None and state.open_events:
-            self._flush_embeddings()
-            missing = [
-                e for e in self._missing_vectors(state, state.open_events)
-                if e.event_id not in self.vector_cache
-            ]
-            waiting = set(self.pending_texts) | set(self.in_flight_ids)
-            if any(e.event_id not in waiting for e in missing):
-                # Pending texts are not state: after a restore, encode this key's now.
-                for event in missing:
-                    if event.event_id not in waiting:
-                        self.pending_texts[event.event_id] = event.text
-                self._flush_embeddings(wait=True)
-            elif missing:
-                # Not back yet: look again after about one batch delay.
-                ctx.timer_service().register_processing_time_timer(
-                    now + max(20, self.embed_delay_ms)
-                )
-            if self.sink is not None:
-                watermark_ms = self._watermark(ctx)
-                for session in tracker.open_sessions(state, self.gap_ms):
-                    if self._missing_vectors(state, session):
-                        self._collect_vectors(state, session, force=False)
-                        self._write_open(state, session, watermark_ms)
+            key = ctx.get_current_key()
+            if key not in self.waiting_by_key and self._missing_vectors(state, state.open_events):
+                # Restored from a checkpoint: the texts in the encoder then were not state.
+                self._write_waiting(ctx, state)
 
 
 # Backfill: one JSON Lines line with the file it came from.

@@ -42,7 +42,10 @@ class FeatureJobSettings(FlywheelSettings):
     embedding_enabled: bool = True
     embedding_model_path: Path | None = None
     embedding_batch_size: int = Field(64, ge=1)
-    embedding_max_delay: timedelta = timedelta(milliseconds=100)
+    # A text waits at most this long for others to share its batch (a batch of one costs
+    # several times more CPU per text), and the job looks for finished vectors this often.
+    embedding_max_delay: timedelta = timedelta(milliseconds=50)
+    embedding_poll_interval: timedelta = timedelta(milliseconds=10)
     # Torch threads of the encoder child; 0 = torch's default (all cores).
     embedding_threads: int = Field(1, ge=0)
 
@@ -73,6 +76,7 @@ class FeatureJobSettings(FlywheelSettings):
         "silence_gap",
         "checkpoint_interval",
         "embedding_max_delay",
+        "embedding_poll_interval",
         "flagged_transaction_timeout",
     )
     @classmethod

@@ -408,3 +408,21 @@ def test_records_pickle_and_are_immutable() -> None:
         assert pickle.loads(pickle.dumps(event)) == event
         with pytest.raises(dataclasses.FrozenInstanceError):
             event.ts_ms = 0  # type: ignore[misc,union-attr]
+
+
+@pytest.mark.parametrize("event", [event for _, event in VALID], ids=VALID_IDS)
+def test_records_pickle_to_equal_records_and_load_the_dataclass_default_state(
+    event: dict[str, Any],
+) -> None:
+    import dataclasses
+    import pickle
+
+    record = parse(event)
+    assert not isinstance(record, ParseError)
+    assert pickle.loads(pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)) == record
+    # Savepoints written before the tuple state hold the dataclass default: a list of
+    # the field values in field order.
+    cls = type(record)
+    restored = cls.__new__(cls)
+    restored.__setstate__([getattr(record, f.name) for f in dataclasses.fields(record)])
+    assert restored == record

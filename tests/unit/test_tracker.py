@@ -13,7 +13,7 @@ import pytest
 
 from features import split_sessions, tracker
 from features.tracker import Admission, TrackerState
-from schemas.events import CtaClick, FsmState, UserMessage
+from schemas.events import AssistantMessage, CtaClick, CtaSent, FsmState, UserMessage
 
 GAP = 1_800_000
 BOUND = 10_000
@@ -322,3 +322,88 @@ def test_pruning_never_changes_what_is_accepted_refused_or_closed(seed: int) -> 
     ]
     assert len(accepted) == len(set(accepted))
     assert sorted(i for s in with_prune[1] for i in s) == sorted(accepted)
+
+
+# --- event-time timers ---------------------------------------------------------------------
+
+CTA_WINDOW = 600_000
+SILENCE = 300_000
+
+
+def _admit_all(state: TrackerState, *events: object) -> None:
+    for event in events:
+        assert tracker.admit(state, event, NO_WATERMARK, GAP) is Admission.ACCEPTED  # type: ignore[arg-type]
+
+
+def _reply(event_id: str, ts_ms: int) -> AssistantMessage:
+    return AssistantMessage(event_id=event_id, session_id="s1", user_id="u1", ts_ms=ts_ms, text="ok")
+
+
+def _cta(event_id: str, ts_ms: int, cta_id: str = "c1") -> CtaSent:
+    return CtaSent(event_id=event_id, session_id="s1", user_id="u1", ts_ms=ts_ms, cta_id=cta_id)
+
+
+def _click(event_id: str, ts_ms: int, cta_id: str = "c1") -> CtaClick:
+    return CtaClick(event_id=event_id, session_id="s1", user_id="u1", ts_ms=ts_ms, cta_id=cta_id)
+
+
+def timers(state: TrackerState, watermark_ms: int = NO_WATERMARK, windows: bool = True) -> set[int]:
+    return tracker.event_time_timers(
+        state, watermark_ms, GAP,
+        cta_window_ms=CTA_WINDOW if windows else None,
+        silence_gap_ms=SILENCE if windows else None,
+    )
+
+
+def test_only_the_latest_end_of_a_session_needs_a_close_timer() -> None:
+    state = TrackerState()
+    _admit_all(state, msg("a", 1_000), msg("b", 2_000), msg("c", 3_000))
+    assert timers(state, windows=False) == {3_000 + GAP}
+
+
+def test_each_open_session_of_a_reused_id_has_its_close_timer() -> None:
+    state = TrackerState()
+    _admit_all(state, msg("a", 1_000), msg("b", 1_000 + GAP))
+    assert timers(state, windows=False) == {1_000 + GAP, 1_000 + 2 * GAP}
+
+
+def test_unanswered_reply_and_unclicked_cta_need_their_deadlines() -> None:
+    state = TrackerState()
+    _admit_all(state, msg("a", 1_000), _reply("b", 2_000), _cta("c", 3_000))
+    assert timers(state) == {3_000 + GAP, 2_000 + SILENCE, 3_000 + CTA_WINDOW}
+
+
+def test_a_reply_answered_in_time_and_a_cta_clicked_in_time_need_no_timer() -> None:
+    state = TrackerState()
+    _admit_all(
+        state, _reply("a", 1_000), msg("b", 1_000 + SILENCE),  # inclusive window end
+        _cta("c", 2_000), _click("d", 2_000 + CTA_WINDOW),
+    )
+    assert timers(state) == {2_000 + CTA_WINDOW + GAP}
+
+
+def test_an_answer_or_click_after_the_window_keeps_the_deadline() -> None:
+    state = TrackerState()
+    _admit_all(
+        state, _reply("a", 1_000), msg("b", 1_001 + SILENCE),
+        _cta("c", 2_000), _click("d", 2_001 + CTA_WINDOW, cta_id="c1"),
+    )
+    assert timers(state) == {1_000 + SILENCE, 2_000 + CTA_WINDOW, 2_001 + CTA_WINDOW + GAP}
+
+
+def test_a_click_on_another_cta_does_not_count() -> None:
+    state = TrackerState()
+    _admit_all(state, _cta("c", 2_000, cta_id="c1"), _click("d", 3_000, cta_id="c2"))
+    assert 2_000 + CTA_WINDOW in timers(state)
+
+
+def test_timers_at_or_before_the_watermark_are_left_out() -> None:
+    state = TrackerState()
+    _admit_all(state, _reply("a", 1_000), msg("b", 2_000))
+    assert 2_000 + GAP in timers(state, watermark_ms=2_000 + GAP - 1)
+    assert timers(state, watermark_ms=2_000 + GAP) == set()
+
+
+def test_a_closed_session_asks_for_its_prune_timer() -> None:
+    state = closed_state([("a", 1_000)])
+    assert timers(state, windows=False) == {1_000 + 2 * GAP + 1}
