@@ -63,6 +63,11 @@ def vector_from_bytes(raw: bytes) -> list[float]:
     return np.frombuffer(raw, dtype=np.float32).tolist()
 
 
+def array_from_bytes(raw: bytes) -> np.ndarray:
+    """Like ``vector_from_bytes``, as a float64 array (the same values, a fast dot product)."""
+    return np.frombuffer(raw, dtype=np.float32).astype(np.float64)
+
+
 # --- out-of-process embedding -------------------------------------------------------------
 # In PyFlink's thread mode the operators run in an interpreter embedded in the JVM, where
 # loading torch's native library can deadlock against other operator threads. The job

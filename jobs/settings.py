@@ -43,8 +43,9 @@ class FeatureJobSettings(FlywheelSettings):
     embedding_model_path: Path | None = None
     embedding_batch_size: int = Field(64, ge=1)
     # A text waits at most this long for others to share its batch (a batch of one costs
-    # several times more CPU per text), and the job looks for finished vectors this often.
-    embedding_max_delay: timedelta = timedelta(milliseconds=50)
+    # several times more CPU per text); the job looks for finished vectors when a batch
+    # should be back, then again every quarter batch time, but at most this often.
+    embedding_max_delay: timedelta = timedelta(milliseconds=100)
     embedding_poll_interval: timedelta = timedelta(milliseconds=10)
     # Torch threads of the encoder child; 0 = torch's default (all cores).
     embedding_threads: int = Field(1, ge=0)
