@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,26 @@ def test_stack_unknown_key_and_bad_port_are_named(monkeypatch: pytest.MonkeyPatc
 
     assert "FLYWHEEL_STACK_KAFKA_PROT" in caught.value.fields
     assert "FLYWHEEL_STACK_REDIS_PORT (redis_port)" in caught.value.fields
+
+
+def test_checkpoints_default_below_the_output_base_never_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    for name in ("FLYWHEEL_JOB_OUTPUT_BASE", "FLYWHEEL_JOB_CHECKPOINT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+    from jobs.settings import FeatureJobSettings
+    from jobs.streaming import checkpoint_dir
+
+    def ctx(**job: Any) -> Any:
+        return SimpleNamespace(
+            job=FeatureJobSettings.load(**job), s3=SimpleNamespace(bucket="lake")
+        )
+
+    assert checkpoint_dir(ctx()) == "s3://lake/flywheel/checkpoints"
+    assert checkpoint_dir(ctx(output_base="s3://b/p/")) == "s3://b/p/checkpoints"
+    assert checkpoint_dir(ctx(output_base=str(tmp_path))) == tmp_path.resolve().as_uri() + "/checkpoints"
+    assert checkpoint_dir(ctx(checkpoint_dir="s3://b/ck/")) == "s3://b/ck"
+    assert checkpoint_dir(ctx(checkpoint_dir=str(tmp_path / "ck"))) == (tmp_path / "ck").resolve().as_uri()
