@@ -211,6 +211,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.vector_cache: dict[str, bytes] = {}
         self.submitted_at_ms = 0
         self.batch_ms = 50.0
+        # session_id -> its event-time timers as last synced (saves recomputing them).
+        self.timers_by_key: dict[str, set[int]] = {}
         # session_id -> user messages whose vectors its Redis hash waits for.
         self.waiting_by_key: dict[str, set[str]] = {}
         self.last_input_wall_ms = _now_ms()
@@ -239,6 +241,17 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             self.flush_timer_ms = _odd(since_ms + sink.flush_interval_ms)
             ctx.timer_service().register_processing_time_timer(self.flush_timer_ms)
 
+    def _registered_event_timers(self, ctx: Any, state: tracker.TrackerState) -> set[int]:
+        """The key's event-time timers still to fire: remembered from the last sync.
+
+        Recomputed from state when not remembered (after a restore, on another subtask).
+        """
+        remembered = self.timers_by_key.get(ctx.get_current_key())
+        if remembered is None:
+            return self._event_timers(ctx, state)
+        watermark_ms = ctx.timer_service().current_watermark()
+        return {t for t in remembered if t > watermark_ms}
+
     def _event_timers(self, ctx: Any, state: tracker.TrackerState) -> set[int]:
         windows = self.sink is not None  # only the online store shows open sessions
         return tracker.event_time_timers(
@@ -259,6 +272,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             timers.delete_event_time_timer(timestamp)
         for timestamp in after - before:
             timers.register_event_time_timer(timestamp)
+        key = ctx.get_current_key()
+        if after:
+            self.timers_by_key[key] = after
+        else:
+            self.timers_by_key.pop(key, None)
 
     def _watermark(self, ctx: Any) -> int:
         return max(ctx.timer_service().current_watermark(), self.idle_watermark_ms)
@@ -438,7 +456,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         event, position = value
         self.last_input_wall_ms = _now_ms()
         state = self._load()
-        timers_before = self._event_timers(ctx, state)
+        timers_before = self._registered_event_timers(ctx, state)
         watermark_ms = self._watermark(ctx)
         admission = tracker.admit(state, event, watermark_ms, self.gap_ms)
         counters = {"events": 1}
@@ -490,11 +508,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self._on_poll_timer(timestamp, ctx)
                 return
             state = self._load()
-            timers_before = self._event_timers(ctx, state)
+            timers_before = self._registered_event_timers(ctx, state)
             yield from self._on_idle_timer(ctx, state)
         else:
             state = self._load()
-            timers_before = self._event_timers(ctx, state)
+            timers_before = self._registered_event_timers(ctx, state)
             watermark_ms = self._watermark(ctx)
             yield from self._close(state, watermark_ms)
             if self.sink is not None and state.open_events:
