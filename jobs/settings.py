@@ -66,6 +66,9 @@ class FeatureJobSettings(FlywheelSettings):
     checkpoint_dir: str | None = None  # default: <output_base>/checkpoints
     tolerable_failed_checkpoints: int = Field(3, ge=0)
     unaligned_checkpoints: bool = True
+    # rocksdb checkpoints incrementally (only what changed since the last one); hashmap
+    # keeps state on the heap and writes all of it at every checkpoint.
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
     python_execution_mode: Literal["thread", "process"] = "thread"
     state_ttl: timedelta = timedelta(days=2)
 
