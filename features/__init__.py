@@ -11,7 +11,7 @@ from features.columns import (
 )
 from features.compute import SessionFeatures, compute_features
 from features.config import DEFAULT_CORRECTION_MARKERS, FeatureConfig
-from features.flagged import build_flagged_message
+from features.flagged import build_flagged_message, fit_flagged_message, message_size_bytes
 from features.rules import Rule, RuleError, RuleSet
 from features.sessions import dedup_and_order, order_key, split_ordered, split_sessions
 from features.text import CorrectionMatcher, has_correction_marker, normalize_text
@@ -29,9 +29,11 @@ __all__ = [
     "RuleSet",
     "SessionFeatures",
     "build_flagged_message",
+    "fit_flagged_message",
     "compute_features",
     "dedup_and_order",
     "has_correction_marker",
+    "message_size_bytes",
     "normalize_text",
     "order_key",
     "split_ordered",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,3 +67,90 @@ def build_flagged_message(events: Iterable[Event], features: SessionFeatures) ->
         "transcript": transcript,
         "feedback": feedback,
     }
+
+
+def message_size_bytes(message: dict[str, Any]) -> int:
+    """Size of ``message`` as the job serializes it (compact JSON, UTF-8, no ASCII escapes)."""
+    return len(json.dumps(message, ensure_ascii=False).encode("utf-8"))
+
+
+def fit_flagged_message(message: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """``message`` made to fit ``max_bytes``: one Kafka record must hold it.
+
+    A message that fits is returned unchanged. Otherwise every transcript text and
+    feedback ``corrected_text`` longer than one common cap is cut to it (the largest cap
+    that fits, so short texts stay whole), and the message says so with
+    ``truncated_texts`` (how many were cut). Should even empty texts not fit, only the
+    latest transcript entries are kept and ``omitted_transcript_entries`` says how many
+    earlier ones were left out (then, likewise, feedback: ``omitted_feedback_entries``).
+    Features and reasons are never changed.
+    """
+    if message_size_bytes(message) <= max_bytes:
+        return message
+
+    def with_cap(
+        cap: int, keep_last: int | None = None, keep_feedback: int | None = None
+    ) -> dict[str, Any]:
+        entries = message["transcript"]
+        omitted = 0
+        if keep_last is not None:
+            omitted = len(entries) - keep_last
+            entries = entries[omitted:]
+        items = message["feedback"]
+        omitted_feedback = 0
+        if keep_feedback is not None:
+            omitted_feedback = len(items) - keep_feedback
+            items = items[omitted_feedback:]
+        cut = 0
+        transcript = []
+        for entry in entries:
+            if len(entry["text"]) > cap:
+                entry = {**entry, "text": entry["text"][:cap]}
+                cut += 1
+            transcript.append(entry)
+        feedback = []
+        for item in items:
+            text = item["corrected_text"]
+            if text is not None and len(text) > cap:
+                item = {**item, "corrected_text": text[:cap]}
+                cut += 1
+            feedback.append(item)
+        fitted = {**message, "transcript": transcript, "feedback": feedback}
+        fitted["truncated_texts"] = cut
+        if omitted:
+            fitted["omitted_transcript_entries"] = omitted
+        if omitted_feedback:
+            fitted["omitted_feedback_entries"] = omitted_feedback
+        return fitted
+
+    longest = max(
+        [len(e["text"]) for e in message["transcript"]]
+        + [len(f["corrected_text"] or "") for f in message["feedback"]]
+        + [0]
+    )
+    if message_size_bytes(with_cap(0)) <= max_bytes:
+        low, high = 0, longest  # the largest cap that fits lies in [low, high)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if message_size_bytes(with_cap(middle)) <= max_bytes:
+                low = middle
+            else:
+                high = middle
+        return with_cap(low)
+    if message_size_bytes(with_cap(0, 0)) <= max_bytes:
+        low, high = 0, len(message["transcript"])  # the most entries kept that fit
+        while high - low > 1:
+            middle = (low + high) // 2
+            if message_size_bytes(with_cap(0, middle)) <= max_bytes:
+                low = middle
+            else:
+                high = middle
+        return with_cap(0, low)
+    low, high = 0, len(message["feedback"])  # thousands of feedback events: the latest
+    while high - low > 1:
+        middle = (low + high) // 2
+        if message_size_bytes(with_cap(0, 0, middle)) <= max_bytes:
+            low = middle
+        else:
+            high = middle
+    return with_cap(0, 0, low)

@@ -171,6 +171,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.config = settings.feature_config()
         self.rules = settings.rule_set()
         self.gap_ms = self.config.session_gap_ms
+        self.flagged_max_bytes = settings.flagged_max_message_bytes
         self.bound_ms = self.config.max_out_of_order_ms
         self.idle_ms = self.config.idle_timeout_ms
         self.embed_delay_ms = max(1, int(settings.embedding_max_delay.total_seconds() * 1000))
@@ -400,7 +401,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         )
 
     def _close(self, state: tracker.TrackerState, watermark_ms: int) -> Iterator[Any]:
-        from features import build_flagged_message
+        from features import build_flagged_message, fit_flagged_message
         from jobs.redis_sink import closed_session_counters, session_version
 
         for session in tracker.close_due(state, watermark_ms, self.gap_ms):
@@ -425,7 +426,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 )
             yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
             if row["flagged"]:
-                message = build_flagged_message(session, feats)
+                message = fit_flagged_message(
+                    build_flagged_message(session, feats), self.flagged_max_bytes
+                )
                 yield FLAGGED_TAG, Row(row["session_id"], json.dumps(message, ensure_ascii=False))
 
     def _register_idle_timer(self, ctx: Any) -> None:

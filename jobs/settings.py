@@ -57,6 +57,9 @@ class FeatureJobSettings(FlywheelSettings):
     # round trip per write.
     redis_flush_interval: timedelta = timedelta(milliseconds=50)
     flagged_transaction_timeout: timedelta = timedelta(minutes=10)
+    # A flagged message must fit one Kafka record (producer max.request.size and the
+    # broker's message.max.bytes are about 1 MiB by default); longer ones are cut to fit.
+    flagged_max_message_bytes: int = Field(1_000_000, ge=10_000)
 
     # Runtime.
     parallelism: int = Field(1, ge=1)

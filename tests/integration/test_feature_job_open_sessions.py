@@ -37,6 +37,21 @@ def event(session_id: str, n: int, event_type: str, ts_ms: int, **fields: Any) -
     }
 
 
+def huge_session(t0: int) -> list[dict[str, Any]]:
+    """A session whose full flagged message (about 1.3 MB) would not fit one Kafka record.
+
+    It ends 15 minutes before ``t0``, so the events at ``t0`` close it (10-minute gap).
+    """
+    start = t0 - 20 * 60_000
+    events = [
+        event("huge", n, "user_message", start + n * 1_000, text="x" * 32_000,
+              intent_confidence=0.2)
+        for n in range(40)
+    ]  # fmt: skip
+    events.append(event("huge", 99, "feedback", start + 60_000, kind="thumbs_down"))
+    return events
+
+
 def first_events(t0: int) -> list[dict[str, Any]]:
     return [
         event("open-w", 1, "user_message", t0, text="Do you ship to Oslo?"),
@@ -75,7 +90,10 @@ def snapshots(
 
         out: dict[str, Any] = {}
         with running_job(ctx) as run:
-            box.produce((e["session_id"].encode(), encode_event(e)) for e in first_events(t0))
+            box.produce(
+                (e["session_id"].encode(), encode_event(e))
+                for e in huge_session(t0) + first_events(t0)
+            )
             run.wait_for(lambda: counted_all(5), "both open sessions on Redis")
             out["before"] = hashes()
             # Event time moves past both window deadlines of open-w, not past its gap.
@@ -91,6 +109,10 @@ def snapshots(
                 "the silence gap of open-w to run out",
             )
             out["after"] = hashes()
+            run.wait_for(lambda: len(box.read_json_topic(box.flagged_topic)) >= 1, "huge flagged")
+            out["status"] = run.status()
+        out["flagged"] = box.read_json_topic(box.flagged_topic)
+        out["huge_hash"] = box.session_hashes(["huge"])["huge"]
         yield out
 
 
@@ -119,3 +141,23 @@ def test_answered_and_clicked_in_time_never_turn(snapshots: dict[str, Any]) -> N
     assert after["status"] == "open"
     assert (after["cta_not_clicked_count"], after["long_silence_count"]) == ("0", "0")
     assert after["cta_clicked_count"] == "1"
+
+
+def test_a_flagged_message_too_large_for_one_record_is_cut_to_fit(
+    snapshots: dict[str, Any],
+) -> None:
+    from features import message_size_bytes
+
+    assert snapshots["status"] == "RUNNING"  # no restart loop on a record too large
+    assert snapshots["huge_hash"]["status"] == "closed"
+    [(key, message)] = snapshots["flagged"]
+    assert key == "huge"
+    assert message_size_bytes(message) <= 1_000_000
+    assert message["truncated_texts"] == 40
+    assert len(message["transcript"]) == 40
+    assert {len(turn["text"]) for turn in message["transcript"]} == {
+        len(message["transcript"][0]["text"])
+    }
+    assert 20_000 < len(message["transcript"][0]["text"]) < 32_000
+    assert message["features"]["user_turns"] == 40
+    assert "explicit_negative" in message["reasons"]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from features import FeatureConfig, RuleSet, build_flagged_message, compute_features
+from features import (
+    FeatureConfig,
+    RuleSet,
+    build_flagged_message,
+    compute_features,
+    fit_flagged_message,
+    message_size_bytes,
+)
 from schemas import (
     AssistantMessage,
     CtaSent,
@@ -77,3 +84,60 @@ def test_flagged_message_keeps_only_the_sessions_events() -> None:
     assert [t["text"] for t in message["transcript"]] == [
         "Do you have red shoes?", "Here are blue shoes.", "That's not what I asked",
     ]  # fmt: skip
+
+
+def _big_session(texts: list[str]) -> list[Event]:
+    events: list[Event] = []
+    for n, text in enumerate(texts):
+        events.append(UserMessage(**env(2 * n, 2 * n * 1_000), text=text, intent_confidence=0.1))
+        events.append(AssistantMessage(**env(2 * n + 1, (2 * n + 1) * 1_000), text="ok"))
+    events.append(Feedback(**env(999, 999_000), kind="edit", corrected_text="y" * 30_000))
+    return events
+
+
+def _flagged(events: list[Event]) -> dict[str, object]:
+    features = compute_features(events, FeatureConfig(), RuleSet.default())
+    assert features.flagged
+    return build_flagged_message(events, features)
+
+
+def test_a_message_that_fits_is_left_unchanged() -> None:
+    message = build_flagged_message(
+        conversation(), compute_features(conversation(), FeatureConfig(), RuleSet.default())
+    )
+    assert fit_flagged_message(message, 1_000_000) is message
+    assert "truncated_texts" not in message
+
+
+def test_long_texts_are_cut_to_one_common_cap_that_fits() -> None:
+    texts = ["x" * 32_000] * 40 + ["short question"]  # about 1.3 MB of text
+    message = _flagged(_big_session(texts))
+    assert message_size_bytes(message) > 1_000_000
+
+    fitted = fit_flagged_message(message, 1_000_000)
+
+    size = message_size_bytes(fitted)
+    cut = fitted["truncated_texts"]
+    assert size <= 1_000_000
+    assert size + cut > 1_000_000  # one more character per cut text would not fit
+    assert cut == 41  # 40 long user texts and the corrected text; short ones stay whole
+    assert [e["text"] for e in fitted["transcript"]][-2:] == ["short question", "ok"]
+    assert all(m["text"] == o["text"][: len(m["text"])]
+               for m, o in zip(fitted["transcript"], message["transcript"], strict=True))  # fmt: skip
+    assert fitted["features"] == message["features"] and fitted["reasons"] == message["reasons"]
+    assert "omitted_transcript_entries" not in fitted
+    assert validation_errors("flagged_session.v1", fitted) == []
+
+
+def test_when_empty_texts_do_not_fit_the_latest_entries_are_kept() -> None:
+    message = _flagged(_big_session([f"q{n}" for n in range(3_000)]))
+
+    fitted = fit_flagged_message(message, 60_000)
+
+    assert message_size_bytes(fitted) <= 60_000
+    omitted = fitted["omitted_transcript_entries"]
+    assert omitted > 0
+    assert fitted["transcript"] == [
+        {**entry, "text": ""} for entry in message["transcript"][omitted:]
+    ]
+    assert validation_errors("flagged_session.v1", fitted) == []
