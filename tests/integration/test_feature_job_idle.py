@@ -29,6 +29,7 @@ from reference.contract_reference import (
     redis_fields,
 )
 from reference.generator import encode_event
+from reference.generator import literal_event as event
 from reference.job_harness import JobSandbox, job_sandbox, running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -49,18 +50,6 @@ rules:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def event(session_id: str, n: int, event_type: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"{session_id}-{n}",
-        "event_type": event_type,
-        "schema_version": 1,
-        "session_id": session_id,
-        "user_id": f"u-{session_id}",
-        "ts_ms": ts_ms,
-        **fields,
-    }
 
 
 def idle_phase_events(now: int) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from reference.generator import encode_event
+from reference.generator import literal_event as event
 from reference.job_harness import job_sandbox, running_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
@@ -23,18 +24,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.flink]
 CTA_WINDOW_MS = 60_000
 SILENCE_MS = 30_000
 BOUND_MS = 10_000
-
-
-def event(session_id: str, n: int, event_type: str, ts_ms: int, **fields: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"{session_id}-{n}",
-        "event_type": event_type,
-        "schema_version": 1,
-        "session_id": session_id,
-        "user_id": f"u-{session_id}",
-        "ts_ms": ts_ms,
-        **fields,
-    }
 
 
 def huge_session(t0: int) -> list[dict[str, Any]]:

@@ -181,6 +181,21 @@ class GeneratedStream:
         return b"".join(d.raw + b"\n" for d in self.deliveries)
 
 
+def literal_event(
+    session_id: str, n: int, event_type: str, ts_ms: int, **fields: Any
+) -> dict[str, Any]:
+    """A hand-written event for scenario tests: id ``<session_id>-<n>``, user ``u-<session_id>``."""
+    return {
+        "event_id": f"{session_id}-{n}",
+        "event_type": event_type,
+        "schema_version": 1,
+        "session_id": session_id,
+        "user_id": f"u-{session_id}",
+        "ts_ms": ts_ms,
+        **fields,
+    }
+
+
 def encode_event(event: dict[str, Any], rng: random.Random | None = None) -> bytes:
     """Compact JSON; sometimes with an explicit ``null`` optional or an unknown extra field."""
     payload = dict(event)
