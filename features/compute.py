@@ -291,22 +291,39 @@ def open_window_deadlines(
     clicked and messages answered in time never change again and are left out.
     """
     ordered = dedup_and_order(events)
+    assistant_ts = [e.ts_ms for e in ordered if isinstance(e, AssistantMessage)]
+    user_ts = [e.ts_ms for e in ordered if isinstance(e, UserMessage)]
+    deadlines = {d for d, clicked in _cta_deadlines(ordered, cta_window_ms) if not clicked}
+    deadlines.update(_unanswered_deadlines(assistant_ts, user_ts, silence_gap_ms))
+    return deadlines
+
+
+def _cta_deadlines(ordered: Sequence[Event], window_ms: int) -> list[tuple[int, bool]]:
+    """(window deadline, clicked within it) of every CTA send."""
+    # Walking backwards, next_click_ts[cta_id] is the earliest click after the current
+    # position in session order, which is the one that decides whether a send was clicked.
     next_click_ts: dict[str, int] = {}
-    deadlines: set[int] = set()
+    sends: list[tuple[int, bool]] = []
     for event in reversed(ordered):
         if isinstance(event, CtaClick):
             next_click_ts[event.cta_id] = event.ts_ms
         elif isinstance(event, CtaSent):
+            deadline = event.ts_ms + window_ms
             click_ts = next_click_ts.get(event.cta_id)
-            if click_ts is None or click_ts > event.ts_ms + cta_window_ms:
-                deadlines.add(event.ts_ms + cta_window_ms)
-    user_ts = [e.ts_ms for e in ordered if isinstance(e, UserMessage)]
-    for event in ordered:
-        if isinstance(event, AssistantMessage):
-            deadline = event.ts_ms + silence_gap_ms
-            following = bisect_right(user_ts, event.ts_ms)
-            if following == len(user_ts) or user_ts[following] > deadline:
-                deadlines.add(deadline)
+            sends.append((deadline, click_ts is not None and click_ts <= deadline))
+    return sends
+
+
+def _unanswered_deadlines(
+    assistant_ts: Sequence[int], user_ts: Sequence[int], gap_ms: int
+) -> list[int]:
+    """Gap deadlines of the assistant messages with no user message in (ts, ts + gap]."""
+    deadlines = []
+    for ts in assistant_ts:
+        deadline = ts + gap_ms
+        following = bisect_right(user_ts, ts)
+        if following == len(user_ts) or user_ts[following] > deadline:
+            deadlines.append(deadline)
     return deadlines
 
 
@@ -314,20 +331,13 @@ def _count_cta_outcomes(
     ordered: Sequence[Event], window_ms: int, as_of_ms: int | None
 ) -> tuple[int, int]:
     """(clicked, not clicked) CTA sends; a send awaiting its window is neither."""
-    # Walking backwards, next_click_ts[cta_id] is the earliest click after the current
-    # position in session order, which is the one that decides whether a send was clicked.
-    next_click_ts: dict[str, int] = {}
-    clicked = not_clicked = 0
-    for event in reversed(ordered):
-        if isinstance(event, CtaClick):
-            next_click_ts[event.cta_id] = event.ts_ms
-        elif isinstance(event, CtaSent):
-            deadline = event.ts_ms + window_ms
-            click_ts = next_click_ts.get(event.cta_id)
-            if click_ts is not None and click_ts <= deadline:
-                clicked += 1
-            elif as_of_ms is None or as_of_ms >= deadline:
-                not_clicked += 1
+    sends = _cta_deadlines(ordered, window_ms)
+    clicked = sum(1 for _, was_clicked in sends if was_clicked)
+    not_clicked = sum(
+        1
+        for deadline, was_clicked in sends
+        if not was_clicked and (as_of_ms is None or as_of_ms >= deadline)
+    )
     return clicked, not_clicked
 
 
@@ -335,12 +345,8 @@ def _count_long_silences(
     assistant_ts: Sequence[int], user_ts: Sequence[int], gap_ms: int, as_of_ms: int | None
 ) -> int:
     """Assistant messages with no user message in (ts, ts + gap], once the gap has ended."""
-    count = 0
-    for ts in assistant_ts:
-        deadline = ts + gap_ms
-        following = bisect_right(user_ts, ts)
-        if following < len(user_ts) and user_ts[following] <= deadline:
-            continue
-        if as_of_ms is None or as_of_ms >= deadline:
-            count += 1
-    return count
+    return sum(
+        1
+        for deadline in _unanswered_deadlines(assistant_ts, user_ts, gap_ms)
+        if as_of_ms is None or as_of_ms >= deadline
+    )

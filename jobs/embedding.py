@@ -58,13 +58,8 @@ class Embedder:
         return [row.tobytes() for row in self.encode(texts)]
 
 
-def vector_from_bytes(raw: bytes) -> list[float]:
-    """Inverse of ``Embedder.encode_to_bytes`` for one vector."""
-    return np.frombuffer(raw, dtype=np.float32).tolist()
-
-
 def array_from_bytes(raw: bytes) -> np.ndarray:
-    """Like ``vector_from_bytes``, as a float64 array (the same values, a fast dot product)."""
+    """Inverse of ``Embedder.encode_to_bytes`` for one vector, as float64 (the same values)."""
     return np.frombuffer(raw, dtype=np.float32).astype(np.float64)
 
 

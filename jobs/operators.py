@@ -235,19 +235,19 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         since_ms = sink.pending_since_ms()
         if since_ms is None:
             return
-        if sink.due(_now_ms()) or self._bounded:
+        if sink.due(_now_ms()):
             sink.flush()
             self.flush_timer_ms = None
         elif self.flush_timer_ms is None:
             self.flush_timer_ms = _odd(since_ms + sink.flush_interval_ms)
             ctx.timer_service().register_processing_time_timer(self.flush_timer_ms)
 
-    def _registered_event_timers(self, ctx: Any, state: tracker.TrackerState) -> set[int]:
+    def _registered_event_timers(self, ctx: Any, key: str, state: tracker.TrackerState) -> set[int]:
         """The key's event-time timers still to fire: remembered from the last sync.
 
         Recomputed from state when not remembered (after a restore, on another subtask).
         """
-        remembered = self.timers_by_key.get(ctx.get_current_key())
+        remembered = self.timers_by_key.get(key)
         if remembered is None:
             return self._event_timers(ctx, state)
         watermark_ms = ctx.timer_service().current_watermark()
@@ -261,7 +261,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             silence_gap_ms=self.config.silence_gap_ms if windows else None,
         )
 
-    def _sync_event_timers(self, ctx: Any, before: set[int], state: tracker.TrackerState) -> None:
+    def _sync_event_timers(
+        self, ctx: Any, key: str, before: set[int], state: tracker.TrackerState
+    ) -> None:
         """Keep exactly the event-time timers ``state`` needs (see ``event_time_timers``).
 
         Each timer costs a Python call with a state round trip when it fires, and most
@@ -273,7 +275,6 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             timers.delete_event_time_timer(timestamp)
         for timestamp in after - before:
             timers.register_event_time_timer(timestamp)
-        key = ctx.get_current_key()
         if after:
             self.timers_by_key[key] = after
         else:
@@ -305,33 +306,25 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             self.vector_cache[event_id] = by_text[text]
         self.in_flight_ids, self.in_flight_texts = [], []
 
-    def _pump_embeddings(self, *, wait: bool = False) -> None:
-        """Send the pending texts of all keys to the encoder as one batch.
+    def _pump_embeddings(self) -> None:
+        """Collect a finished batch, and send the pending texts of all keys as the next one.
 
         A batch goes out once it is full or its oldest text has waited
         ``embedding_max_delay``, and only when the previous one is back: the child
-        encodes while this operator goes on with other events. ``wait`` sends what is
-        pending at once and waits for the vectors.
+        encodes while this operator goes on with other events.
         """
         if self.embedder is None:
             return
         self._harvest(wait=False)
-        if self.pending_texts:
-            due = (
-                wait
-                or len(self.pending_texts) >= self.embed_batch
-                or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
-            )
-            if due and self.in_flight_ids and wait:
-                self._harvest(wait=True)
-            if due and not self.in_flight_ids:
-                self.in_flight_ids = list(self.pending_texts)
-                self.in_flight_texts = [self.pending_texts[i] for i in self.in_flight_ids]
-                self.pending_texts.clear()
-                self.embedder.submit(self.in_flight_texts)
-                self.submitted_at_ms = _now_ms()
-        if wait:
-            self._harvest(wait=True)
+        if self.pending_texts and not self.in_flight_ids and (
+            len(self.pending_texts) >= self.embed_batch
+            or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
+        ):
+            self.in_flight_ids = list(self.pending_texts)
+            self.in_flight_texts = [self.pending_texts[i] for i in self.in_flight_ids]
+            self.pending_texts.clear()
+            self.embedder.submit(self.in_flight_texts)
+            self.submitted_at_ms = _now_ms()
 
     def _missing_vectors(self, state: tracker.TrackerState, events: list[Event]) -> list[UserMessage]:
         return [
@@ -440,13 +433,13 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def _register_poll(self, ctx: Any, delay_ms: int) -> None:
         ctx.timer_service().register_processing_time_timer(_odd(_now_ms() + delay_ms))
 
-    def _write_waiting(self, ctx: Any, state: tracker.TrackerState) -> None:
+    def _write_waiting(self, ctx: Any, key: str, state: tracker.TrackerState) -> None:
         """Bring this key's vectors into state and write its open sessions that lacked them.
 
         Texts the encoder no longer holds (pending texts are not state: after a restore)
         are encoded now.
         """
-        self.waiting_by_key.pop(ctx.get_current_key(), None)
+        self.waiting_by_key.pop(key, None)
         watermark_ms = self._watermark(ctx)
         for session in tracker.open_sessions(state, self.gap_ms):
             if self._missing_vectors(state, session):
@@ -459,7 +452,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         event, position = value
         self.last_input_wall_ms = _now_ms()
         state = self._load()
-        timers_before = self._registered_event_timers(ctx, state)
+        timers_before = self._registered_event_timers(ctx, event.session_id, state)
         watermark_ms = self._watermark(ctx)
         admission = tracker.admit(state, event, watermark_ms, self.gap_ms)
         counters = {"events": 1}
@@ -501,28 +494,29 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self._pump_embeddings()
         if self.sink is not None:
             self.sink.count(counters)
-        self._sync_event_timers(ctx, timers_before, state)
+        self._sync_event_timers(ctx, event.session_id, timers_before, state)
         self._save(state)
         self._flush_redis(ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        key = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             if timestamp & 1:
-                self._on_poll_timer(timestamp, ctx)
+                self._on_poll_timer(timestamp, ctx, key)
                 return
             state = self._load()
-            timers_before = self._registered_event_timers(ctx, state)
-            yield from self._on_idle_timer(ctx, state)
+            timers_before = self._registered_event_timers(ctx, key, state)
+            yield from self._on_idle_timer(ctx, key, state)
         else:
             state = self._load()
-            timers_before = self._registered_event_timers(ctx, state)
+            timers_before = self._registered_event_timers(ctx, key, state)
             watermark_ms = self._watermark(ctx)
             yield from self._close(state, watermark_ms)
             if self.sink is not None and state.open_events:
                 latest = tracker.open_sessions(state, self.gap_ms)[-1]
                 self._write_open(state, latest, watermark_ms)
         tracker.prune(state, self._watermark(ctx), self.gap_ms)
-        self._sync_event_timers(ctx, timers_before, state)
+        self._sync_event_timers(ctx, key, timers_before, state)
         self._save(state)
         self._flush_redis(ctx)
 
@@ -530,12 +524,12 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     # that one never stands in for the other: even ones drive idle advance, odd ones
     # flush Redis and look for vectors (they must not break a key's chain of idle timers).
 
-    def _on_poll_timer(self, timestamp: int, ctx: Any) -> None:
+    def _on_poll_timer(self, timestamp: int, ctx: Any, key: str) -> None:
         """Flush Redis; once the vectors this key waits for are back, write its hash."""
         if self.flush_timer_ms is not None and timestamp >= self.flush_timer_ms:
             self.flush_timer_ms = None
         self._pump_embeddings()
-        waiting = self.waiting_by_key.get(ctx.get_current_key())
+        waiting = self.waiting_by_key.get(key)
         if waiting:
             in_encoder = self.pending_texts.keys() | set(self.in_flight_ids)
             if any(event_id in in_encoder for event_id in waiting):
@@ -543,11 +537,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self._register_poll(ctx, max(self.poll_ms, int(self.batch_ms) // 4))
             else:
                 state = self._load()
-                self._write_waiting(ctx, state)
+                self._write_waiting(ctx, key, state)
                 self._save(state)
         self._flush_redis(ctx)
 
-    def _on_idle_timer(self, ctx: Any, state: tracker.TrackerState) -> Iterator[Any]:
+    def _on_idle_timer(self, ctx: Any, key: str, state: tracker.TrackerState) -> Iterator[Any]:
         now = _now_ms()
         if now - self.last_input_wall_ms >= self.idle_ms:
             # Idle input: the watermark advances to wall-clock now minus the bound.
@@ -560,10 +554,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 _even(self.last_input_wall_ms + self.idle_ms + 1)
             )
         if self.embedder is not None and state.open_events:
-            key = ctx.get_current_key()
             if key not in self.waiting_by_key and self._missing_vectors(state, state.open_events):
                 # Restored from a checkpoint: the texts in the encoder then were not state.
-                self._write_waiting(ctx, state)
+                self._write_waiting(ctx, key, state)
 
 
 # Backfill: one JSON Lines line with the file it came from.
