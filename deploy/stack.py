@@ -301,8 +301,15 @@ class _S3(_Service):
 
 
 def _kafka_cluster_id() -> str:
-    # Kafka's Uuid.toString(): URL-safe base64 of 16 random bytes, no padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id as Kafka's Uuid.randomUuid() makes one.
+
+    URL-safe base64 of 16 random bytes, no padding, and never starting with "-": the
+    storage tool would read such an id as an option and refuse to format (one start in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class _Kafka(_Service):
