@@ -196,15 +196,21 @@ class KafkaSettings(FlywheelSettings):
                 if self.sasl_mechanism == "PLAIN"
                 else "org.apache.kafka.common.security.scram.ScramLoginModule"
             )
-            secret = self.sasl_password.get_secret_value()
+            secret = _jaas_quote(self.sasl_password.get_secret_value())
             props["sasl.mechanism"] = self.sasl_mechanism
             props["sasl.jaas.config"] = (
-                f'{module} required username="{self.sasl_username}" password="{secret}";'
+                f"{module} required username={_jaas_quote(self.sasl_username)} "
+                f"password={secret};"
             )
         if self.ssl_ca_location is not None:
             props["ssl.truststore.type"] = "PEM"
             props["ssl.truststore.location"] = str(self.ssl_ca_location)
         return props
+
+
+def _jaas_quote(value: str) -> str:
+    """A JAAS option value in double quotes: a quote or backslash in it is escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class RedisSettings(FlywheelSettings):
@@ -300,7 +306,22 @@ class S3Settings(FlywheelSettings):
         # virtual-host style needs the flag, which pyarrow < 15 does not have.
         if not self.path_style:
             kwargs["force_virtual_addressing"] = True
+        _finalize_s3_at_exit(fs)
         return fs.S3FileSystem(**kwargs)
+
+
+_s3_finalizer_registered = False
+
+
+def _finalize_s3_at_exit(fs: Any) -> None:
+    """Shut the AWS SDK down at exit: pyarrow < 12 leaves that to the caller, and an SDK
+    still initialized while the interpreter tears down can crash the process."""
+    global _s3_finalizer_registered
+    if not _s3_finalizer_registered:
+        import atexit
+
+        atexit.register(fs.finalize_s3)
+        _s3_finalizer_registered = True
 
 
 def field_hint() -> str:

@@ -2,6 +2,7 @@
 # The README's two commands, each doing its own setup on a fresh machine:
 #   bash deploy/run.sh demo [flywheel demo options]   # the whole flywheel, end to end
 #   bash deploy/run.sh test [pytest options]          # the whole test suite
+#   bash deploy/run.sh screenshot                     # refresh the README's dashboard picture
 # Setup: a project venv in .venv (Python 3.11, uv), Debian packages the stack and the
 # browser test need (redis-server, chromium, chromium-driver; only when missing and
 # root), Maven-fetched jars (cached in ~/.cache/flywheel), then the local stack.
@@ -81,15 +82,25 @@ case "$cmd" in
     fi
     "$venv/bin/flywheel" stack up
     export FLYWHEEL_TEST_KEEP_STACK=1
+    # A crash, even after the last test, explains itself: Python's stack of every thread
+    # on a fatal signal (-X faulthandler, for this process only: PYTHONFAULTHANDLER would
+    # reach the Flink JVM's embedded Python, whose handler then takes the JVM's own
+    # SIGSEGVs and kills it), and a core file (`core` in the repo root, ignored by git).
+    ulimit -c unlimited 2>/dev/null || true
     status=0
-    "$venv/bin/python" -m pytest "$@" || status=$?
+    "$venv/bin/python" -X faulthandler -m pytest "$@" || status=$?
     if [[ "$started_stack" == 1 ]]; then
       "$venv/bin/flywheel" stack down || true
     fi
     exit "$status"
     ;;
+  screenshot)
+    # Refresh the README's dashboard screenshot (the test suite writes its own to a temp dir).
+    FLYWHEEL_REFRESH_SCREENSHOT=1 exec bash "$repo/deploy/run.sh" test \
+      tests/browser/test_dashboard_browser.py -k screenshot "$@"
+    ;;
   *)
-    echo "usage: bash deploy/run.sh demo|test [options]" >&2
+    echo "usage: bash deploy/run.sh demo|test|screenshot [options]" >&2
     exit 2
     ;;
 esac

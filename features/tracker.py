@@ -42,6 +42,28 @@ class TrackerState:
     # End of the latest closed session; never pruned (only state TTL forgets it): an
     # event less than one gap after it is late however far the watermark has moved on.
     closed_until_ms: int | None = None
+    # This key's own share of the online counters, as absolute totals (see
+    # ``count``): the online store adds only what changed since the version it holds,
+    # so a replay after a restore never counts twice.
+    counts: dict[str, int] = field(default_factory=dict)
+    counts_version: int = 0
+    counts_epoch: str = ""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # States pickled before the counters existed load with none counted yet.
+        self.__dict__.update({"counts": {}, "counts_version": 0, "counts_epoch": ""})
+        self.__dict__.update(state)
+
+    def count(self, counters: dict[str, int], epoch: str) -> None:
+        """Add ``counters`` to this key's totals; ``epoch`` names a fresh state's first
+        record (deterministic, so a replay rebuilds the same one)."""
+        if not counters:
+            return
+        if not self.counts_epoch:
+            self.counts_epoch = epoch
+        for name, value in counters.items():
+            self.counts[name] = self.counts.get(name, 0) + value
+        self.counts_version += 1
 
     def is_empty(self) -> bool:
         return not (

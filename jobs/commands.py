@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,35 @@ def stop_when_idle(
     return str(client.stop_with_savepoint(drain, checkpoint_dir(ctx) + "/savepoints").result())
 
 
+def choose_resume_point(ctx: Any, *, savepoint: str | None, fresh: bool) -> str | None:
+    """Where ``flywheel run`` starts: an explicit savepoint, else the newest retained
+    checkpoint or savepoint of an earlier run in ``checkpoint_dir``, unless ``fresh``."""
+    from jobs.checkpoints import StaleCheckpointError, resume_point
+    from jobs.streaming import checkpoint_dir
+
+    if savepoint:
+        click.echo(f"resuming from {savepoint} (--from-savepoint)")
+        return savepoint
+    directory = checkpoint_dir(ctx)
+    if fresh:
+        click.echo(f"fresh start from {ctx.job.starting_offsets} offsets (--fresh)")
+        return None
+    try:
+        found = resume_point(
+            directory, state_ttl=ctx.job.state_ttl, s3_client_factory=ctx.s3.boto3_client
+        )
+    except StaleCheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
+    if found is None:
+        click.echo(
+            f"first start: no retained checkpoint in {directory}; "
+            f"reading from {ctx.job.starting_offsets} offsets"
+        )
+        return None
+    click.echo(f"resuming from the newest retained {found.kind}: {found.path}")
+    return found.path
+
+
 def run_streaming(
     ctx: Any,
     *,
@@ -129,13 +159,18 @@ def run_streaming(
     savepoint: str | None,
     jobmanager: str | None,
     progress: Any = None,
+    overrides: dict[str, str] | None = None,
 ) -> str | None:
     """Run the streaming job; with ``stop_when_idle_s`` stop with a final savepoint.
 
-    Returns the final savepoint path (or None when the job ran until killed).
+    ``savepoint`` is where to resume (see ``choose_resume_point``). Returns the final
+    savepoint path (or None when the job ran until killed).
     """
     if jobmanager:
-        return _submit_to_cluster(jobmanager, savepoint)
+        return _run_on_cluster(
+            ctx, jobmanager, savepoint, overrides or {},
+            stop_when_idle_s=stop_when_idle_s, drain=drain,
+        )
     client = start_streaming(ctx, savepoint=savepoint)
     if stop_when_idle_s is None:
         client.get_job_execution_result().result()
@@ -143,19 +178,93 @@ def run_streaming(
     return stop_when_idle(ctx, client, idle_s=stop_when_idle_s, drain=drain, progress=progress)
 
 
-def _submit_to_cluster(jobmanager: str, savepoint: str | None) -> str | None:
-    """Submit this job's entry point to a running Flink cluster with ``flink run``."""
-    import subprocess
-
+def _flink_cli() -> str:
     import pyflink
 
-    flink = Path(pyflink.__file__).parent / "bin" / "flink"
+    return str(Path(pyflink.__file__).parent / "bin" / "flink")
+
+
+class _ClusterJob:
+    """A job submitted with ``flink run -d``, seen through the ``flink`` CLI."""
+
+    def __init__(self, jobmanager: str, job_id: str):
+        self.jobmanager = jobmanager
+        self.job_id = job_id
+
+    def status(self) -> str:
+        import subprocess
+
+        out = subprocess.run(
+            [_flink_cli(), "list", "-a", "-m", self.jobmanager],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        match = re.search(rf"{self.job_id} : .* \((\w+)\)", out)
+        return match.group(1) if match else "UNKNOWN"
+
+    def stop_with_savepoint(self, directory: str, drain: bool) -> str:
+        import subprocess
+
+        cmd = [_flink_cli(), "stop", "-m", self.jobmanager, "-p", directory]
+        if drain:
+            cmd.append("-d")
+        out = subprocess.run(
+            [*cmd, self.job_id], check=True, capture_output=True, text=True
+        ).stdout
+        match = re.search(r"Savepoint completed\. Path: (\S+)", out)
+        if match is None:
+            raise click.ClickException(f"flink stop printed no savepoint path:\n{out}")
+        return match.group(1)
+
+
+def _run_on_cluster(
+    ctx: Any,
+    jobmanager: str,
+    savepoint: str | None,
+    overrides: dict[str, str],
+    *,
+    stop_when_idle_s: float | None,
+    drain: bool,
+) -> str | None:
+    """Submit this job's entry point to a running Flink cluster with ``flink run``.
+
+    The job is built in the ``flink run`` client from FLYWHEEL_* variables, so ``--set``
+    overrides travel as ``FLYWHEEL_JOB_<NAME>``; the settings reach the Python workers
+    inside the job graph.
+    """
+    import os
+    import subprocess
+
     entry = Path(__file__).resolve().parent / "streaming_main.py"
-    cmd = [str(flink), "run", "-m", jobmanager, "-d", "-py", str(entry), "-pyexec", sys.executable]
+    cmd = [
+        _flink_cli(), "run", "-m", jobmanager, "-d", "-py", str(entry), "-pyexec", sys.executable,
+    ]
     if savepoint:
         cmd[2:2] = ["-s", savepoint]
-    subprocess.run(cmd, check=True)
-    return None
+    env = dict(os.environ)
+    prefix = ctx.job.env_prefix()
+    env.update({prefix + key.upper(): value for key, value in overrides.items()})
+    done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    match = re.search(r"JobID ([0-9a-f]{32})", done.stdout + done.stderr)
+    if match is None:
+        raise click.ClickException(f"flink run printed no job id:\n{done.stdout}{done.stderr}")
+    job = _ClusterJob(jobmanager, match.group(1))
+    click.echo(f"submitted to {jobmanager} as job {job.job_id}")
+    if stop_when_idle_s is None:
+        return None
+    from jobs.streaming import checkpoint_dir
+
+    monitor = IdleMonitor(ctx.kafka, ctx.kafka.events_topic, ctx.job.consumer_group)
+    try:
+        while True:
+            time.sleep(1.0)
+            status = job.status()
+            if status in ("FAILED", "CANCELED", "FINISHED"):
+                raise click.ClickException(f"feature job ended with status {status}")
+            if monitor.idle_for() >= stop_when_idle_s:
+                break
+    finally:
+        monitor.close()
+    return job.stop_with_savepoint(checkpoint_dir(ctx) + "/savepoints", drain)
 
 
 @click.command("run")
@@ -185,6 +294,12 @@ def _submit_to_cluster(jobmanager: str, savepoint: str | None) -> str | None:
     help="Resume from this savepoint or retained checkpoint.",
 )
 @click.option(
+    "--fresh",
+    is_flag=True,
+    default=False,
+    help="Ignore retained checkpoints and start from starting_offsets.",
+)
+@click.option(
     "--set",
     "settings",
     multiple=True,
@@ -196,16 +311,25 @@ def run(
     stop_when_idle: float | None,
     drain: bool,
     savepoint: str | None,
+    fresh: bool,
     settings: tuple[str, ...],
 ) -> None:
-    """Run the streaming feature job (Kafka -> Redis, Parquet, flagged, dead letters)."""
-    ctx = _load(_parse_overrides(settings))
+    """Run the streaming feature job (Kafka -> Redis, Parquet, flagged, dead letters).
+
+    Started again after a crash, it resumes from the newest completed checkpoint (or
+    savepoint) in checkpoint_dir, so each closed session is still written once.
+    """
+    if fresh and savepoint:
+        raise click.UsageError("--fresh and --from-savepoint exclude each other")
+    overrides = _parse_overrides(settings)
+    ctx = _load(overrides)
     final = run_streaming(
         ctx,
         stop_when_idle_s=stop_when_idle,
         drain=drain,
-        savepoint=savepoint,
+        savepoint=choose_resume_point(ctx, savepoint=savepoint, fresh=fresh),
         jobmanager=jobmanager,
+        overrides=overrides,
     )
     if final:
         click.echo(f"stopped; final savepoint: {final}")

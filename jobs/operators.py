@@ -97,38 +97,125 @@ def dead_letter_json(message: dict[str, Any], raw_size_bytes: int) -> str:
     return json.dumps(message, ensure_ascii=False)
 
 
-class ParseEvents(ProcessFunction):
-    """Raw Kafka records (or file lines) to (event, position); errors to the dead-letter output."""
+@dataclass(frozen=True)
+class EventClockSettings:
+    """What the streaming parse needs to keep event time from accepted events only."""
 
-    def __init__(self, redis_factory: Any = None, key_prefix: str = "fw:"):
+    topic: str
+    partitions: tuple[int, ...]
+    bound_ms: int
+    idle_ms: int
+    max_future_skew_ms: int
+
+
+def _epoch_ms(value: Any) -> int | None:
+    """A Kafka record timestamp (TIMESTAMP_LTZ from SQL: an Instant or a datetime) in ms."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    to_epoch_milli = getattr(value, "to_epoch_milli", None)
+    if to_epoch_milli is not None:
+        return int(to_epoch_milli())
+    timestamp = getattr(value, "timestamp", None)
+    if timestamp is not None:
+        return int(round(timestamp() * 1000))
+    return None
+
+
+class ParseEvents(ProcessFunction):
+    """Raw Kafka records (or file lines) to (event, position); errors to the dead-letter output.
+
+    Streaming (``clock`` given): an event more than ``max_future_skew`` ahead of its
+    record's timestamp is rejected as ``future_event``, and each accepted event carries
+    the reader's watermark (``features.event_time.PartitionClock``) as a third element,
+    so no rejected event ever moves event time.
+    """
+
+    def __init__(
+        self,
+        redis_factory: Any = None,
+        key_prefix: str = "fw:",
+        clock: EventClockSettings | None = None,
+    ):
         self._redis_factory = redis_factory
         self._key_prefix = key_prefix
+        self._clock_settings = clock
         self._sink: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        from features.event_time import PartitionClock
         from schemas import parse
 
         self._parse = parse
+        self._clock: PartitionClock | None = None
+        settings = self._clock_settings
+        if settings is not None:
+            self._clock = PartitionClock.for_reader(
+                topic=settings.topic,
+                partitions=settings.partitions,
+                reader=runtime_context.get_index_of_this_subtask(),
+                readers=runtime_context.get_number_of_parallel_subtasks(),
+                bound_ms=settings.bound_ms,
+                idle_ms=settings.idle_ms,
+                now_wall_ms=_now_ms(),
+            )
         if self._redis_factory is not None:
             from jobs.redis_sink import RedisSessionSink
 
             self._sink = RedisSessionSink(self._redis_factory(), self._key_prefix)
+
+    def _future_event(self, event: Event, record_ts_ms: int | None) -> ParseError | None:
+        from features.event_time import is_future_event
+
+        settings = self._clock_settings
+        if settings is None or not is_future_event(
+            event.ts_ms, record_ts_ms, settings.max_future_skew_ms
+        ):
+            return None
+        return ParseError(
+            "future_event", "ts_ms",
+            f"ts_ms {event.ts_ms} is {event.ts_ms - (record_ts_ms or 0)} ms ahead of the "
+            f"record's timestamp {record_ts_ms} (max_future_skew {settings.max_future_skew_ms} ms)",
+            event_id=event.event_id, session_id=event.session_id,
+        )
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
         result = self._parse(raw)
+        if not isinstance(result, ParseError) and self._clock is not None:
+            result = self._future_event(result, _epoch_ms(value[4])) or result
         if isinstance(result, ParseError):
             message = build_dlq_message(
                 result, raw, source_topic=topic, source_partition=partition,
                 source_offset=offset, rejected_at_ms=_now_ms(),
             )
             if self._sink is not None:
-                self._sink.count({"dlq": 1, f"dlq:{result.reason}": 1})
+                self._sink.count_once(
+                    topic, partition, offset, {"dlq": 1, f"dlq:{result.reason}": 1}
+                )
             yield DLQ_TAG, Row(result.session_id, dead_letter_json(message, len(raw)))
             return
-        yield result, SourcePosition(topic, partition, offset, raw)
+        position = SourcePosition(topic, partition, offset, raw)
+        if self._clock is None:
+            yield result, position
+            return
+        watermark_ms = self._clock.observe(partition or 0, result.ts_ms, _now_ms())
+        yield result, position, watermark_ms
+
+
+class ReaderWatermark(TimestampAssigner):
+    """Hands the parse operator's watermark to Flink (see ``ParseEvents``).
+
+    With ``for_monotonous_timestamps`` Flink's watermark is the highest timestamp minus
+    one, so each record's timestamp is the reader's watermark plus one. Features use the
+    event's own ``ts_ms``, never the record timestamp.
+    """
+
+    def extract_timestamp(self, value: Any, record_timestamp: int) -> int:
+        return int(value[2]) + 1
 
 
 class EventTimeAssigner(TimestampAssigner):
@@ -138,7 +225,7 @@ class EventTimeAssigner(TimestampAssigner):
         return int(value[0].ts_ms)
 
 
-def session_key(value: tuple[Event, SourcePosition]) -> str:
+def session_key(value: tuple[Any, ...]) -> str:
     return value[0].session_id
 
 
@@ -283,6 +370,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def _watermark(self, ctx: Any) -> int:
         return max(ctx.timer_service().current_watermark(), self.idle_watermark_ms)
 
+    def _add_share(self, key: str, state: tracker.TrackerState, version_before: int) -> None:
+        """Hand this key's counter totals to Redis when they changed (exactly once there)."""
+        if self.sink is not None and state.counts_version != version_before:
+            self.sink.add_share(key, state.counts_epoch, state.counts_version, state.counts)
+
     def _load(self) -> tracker.TrackerState:
         state = self.state.value()
         return state if state is not None else tracker.TrackerState()
@@ -395,7 +487,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     def _close(self, state: tracker.TrackerState, watermark_ms: int) -> Iterator[Any]:
         from features import build_flagged_message, fit_flagged_message
-        from jobs.redis_sink import closed_session_counters, session_version
+        from jobs.redis_sink import closed_session_counters, model_counter, session_version
 
         for session in tracker.close_due(state, watermark_ms, self.gap_ms):
             self._collect_vectors(state, session, force=True)
@@ -408,15 +500,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.sink.write_session(
                     row["session_id"], feats.to_redis_hash(), status="closed", version=version
                 )
-                self.sink.count(closed_session_counters(row))
-                self.sink.count_model(
-                    row["model_version"],
-                    {
-                        "sessions": 1,
-                        "negative_sessions": int(row["negative_feedback_count"] > 0),
-                        "flagged_sessions": int(row["flagged"]),
-                    },
+                counters = closed_session_counters(row)
+                model = row["model_version"]
+                counters[model_counter(model, "sessions")] = 1
+                counters[model_counter(model, "negative_sessions")] = int(
+                    row["negative_feedback_count"] > 0
                 )
+                counters[model_counter(model, "flagged_sessions")] = int(row["flagged"])
+                state.count(counters, epoch=f"close:{row['session_id']}:{row['session_start_ms']}")
             yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
             if row["flagged"]:
                 message = fit_flagged_message(
@@ -448,10 +539,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     # --- Flink callbacks -------------------------------------------------------------------
 
-    def process_element(self, value: tuple[Event, SourcePosition], ctx: Any) -> Iterator[Any]:
-        event, position = value
+    def process_element(self, value: tuple[Any, ...], ctx: Any) -> Iterator[Any]:
+        event, position = value[0], value[1]  # streaming adds the reader's watermark
         self.last_input_wall_ms = _now_ms()
         state = self._load()
+        counts_before = state.counts_version
         timers_before = self._registered_event_timers(ctx, event.session_id, state)
         watermark_ms = self._watermark(ctx)
         admission = tracker.admit(state, event, watermark_ms, self.gap_ms)
@@ -493,9 +585,10 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                         self._write_open(state, session, watermark_ms)
         self._pump_embeddings()
         if self.sink is not None:
-            self.sink.count(counters)
+            state.count(counters, epoch=f"{event.event_id}@{position.partition}:{position.offset}")
         self._sync_event_timers(ctx, event.session_id, timers_before, state)
         self._save(state)
+        self._add_share(event.session_id, state, counts_before)
         self._flush_redis(ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
@@ -505,10 +598,12 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self._on_poll_timer(timestamp, ctx, key)
                 return
             state = self._load()
+            counts_before = state.counts_version
             timers_before = self._registered_event_timers(ctx, key, state)
             yield from self._on_idle_timer(ctx, key, state)
         else:
             state = self._load()
+            counts_before = state.counts_version
             timers_before = self._registered_event_timers(ctx, key, state)
             watermark_ms = self._watermark(ctx)
             yield from self._close(state, watermark_ms)
@@ -518,6 +613,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         tracker.prune(state, self._watermark(ctx), self.gap_ms)
         self._sync_event_timers(ctx, key, timers_before, state)
         self._save(state)
+        self._add_share(key, state, counts_before)
         self._flush_redis(ctx)
 
     # Processing-time timers come in two kinds, told apart by the parity of their time so

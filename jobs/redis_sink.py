@@ -31,7 +31,71 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# Exact counters. A key's share is written as absolute totals with (epoch, version); the
+# script adds to the shared counters only the difference to the share it already holds,
+# and refuses versions it has seen, so a replay after a restore adds nothing twice.
+# KEYS[1] = the key's share; ARGV[1] = epoch, ARGV[2] = version, ARGV[3] = ttl seconds,
+# ARGV[4] = totals hash, ARGV[5] = minute hash, ARGV[6] = minute ttl, ARGV[7] = prefix of
+# per-model hashes, ARGV[8..] = field, absolute value pairs; a field
+# "model<US><version><US><name>" (US = \31) counts in the per-model hash instead.
+_ADD_SHARE = """
+local key = KEYS[1]
+local stored_epoch = redis.call('HGET', key, '_epoch')
+if stored_epoch == ARGV[1] then
+  local stored_version = tonumber(redis.call('HGET', key, '_version'))
+  if stored_version and stored_version >= tonumber(ARGV[2]) then
+    redis.call('EXPIRE', key, ARGV[3])
+    return 0
+  end
+elseif stored_epoch then
+  redis.call('DEL', key)
+end
+for i = 8, #ARGV, 2 do
+  local field = ARGV[i]
+  local delta = tonumber(ARGV[i + 1]) - tonumber(redis.call('HGET', key, field) or '0')
+  if delta ~= 0 then
+    local sep = string.find(field, '\\31', 1, true)
+    if sep then
+      local rest = string.sub(field, sep + 1)
+      local sep2 = string.find(rest, '\\31', 1, true)
+      redis.call('HINCRBY', ARGV[7] .. string.sub(rest, 1, sep2 - 1), string.sub(rest, sep2 + 1), delta)
+    else
+      redis.call('HINCRBY', ARGV[4], field, delta)
+      redis.call('HINCRBY', ARGV[5], field, delta)
+    end
+  end
+end
+redis.call('HSET', key, '_epoch', ARGV[1], '_version', ARGV[2], unpack(ARGV, 8))
+redis.call('EXPIRE', key, ARGV[3])
+redis.call('EXPIRE', ARGV[5], ARGV[6])
+return 1
+"""
+
+# Rejections are counted once per source record: a partition is read in offset order, so
+# an offset at or below the highest counted one was counted before a restore.
+# KEYS[1] = hash of counted offsets; ARGV[1] = "<topic>:<partition>", ARGV[2] = offset,
+# ARGV[3] = totals hash, ARGV[4] = minute hash, ARGV[5] = minute ttl, ARGV[6..] = pairs.
+_COUNT_ONCE_PER_OFFSET = """
+local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) <= stored then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for i = 6, #ARGV, 2 do
+  redis.call('HINCRBY', ARGV[3], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', ARGV[4], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', ARGV[4], ARGV[5])
+return 1
+"""
+
 MINUTE_STATS_TTL_S = 2 * 24 * 3600
+MODEL_FIELD_SEPARATOR = "\x1f"
+
+
+def model_counter(model_version: str, name: str) -> str:
+    """A key's share field that counts ``name`` in the per-model hash of ``model_version``."""
+    return f"model{MODEL_FIELD_SEPARATOR}{model_version or 'unknown'}{MODEL_FIELD_SEPARATOR}{name}"
 
 
 def session_version(session_end_ms: int, closed: bool, event_count: int, as_of_ms: int) -> str:
@@ -63,6 +127,9 @@ class RedisSessionSink:
         self.key_prefix = key_prefix
         self.session_ttl_s = session_ttl_s
         self._script = client.register_script(_VERSIONED_HSET)
+        self._add_share_script = client.register_script(_ADD_SHARE)
+        self._count_once_script = client.register_script(_COUNT_ONCE_PER_OFFSET)
+        self._shares: dict[str, tuple[str, int, list[str]]] = {}  # key -> (epoch, version, args)
         # 0 = write through; otherwise writes wait in these buffers until ``flush``.
         self.flush_interval_ms = flush_interval_ms
         self.max_buffered = max_buffered
@@ -86,7 +153,7 @@ class RedisSessionSink:
         """Whether the buffer should be flushed now (old enough or large enough)."""
         if self._oldest_ms is None:
             return False
-        size = len(self._sessions) + len(self._totals)
+        size = len(self._sessions) + len(self._shares) + len(self._totals)
         return now_ms - self._oldest_ms >= self.flush_interval_ms or size >= self.max_buffered
 
     def _touch(self) -> None:
@@ -100,12 +167,15 @@ class RedisSessionSink:
         pipe = self.pipeline()
         for key, (_, args) in self._sessions.items():
             self._script(keys=[key], args=args, client=pipe)
+        for key, (_, _, args) in self._shares.items():
+            self._add_share_script(keys=[key], args=self._share_args(args), client=pipe)
         self._add_counters(pipe, self._totals, self._minutes)
         for model_key, counts in self._models.items():
             for name, value in counts.items():
                 pipe.hincrby(model_key, name, value)
         pipe.execute()
         self._sessions.clear()
+        self._shares.clear()
         self._totals.clear()
         self._minutes.clear()
         self._models.clear()
@@ -181,6 +251,48 @@ class RedisSessionSink:
         target = pipe if pipe is not None else self._redis
         for name, value in counters.items():
             target.hincrby(key, name, value)
+
+    def _share_args(self, head_and_pairs: list[str]) -> list[str]:
+        epoch, version, *pairs = head_and_pairs
+        minute_key = f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}"
+        return [
+            epoch, version, str(self.session_ttl_s), f"{self.key_prefix}stats:total",
+            minute_key, str(MINUTE_STATS_TTL_S), f"{self.key_prefix}model:", *pairs,
+        ]
+
+    def add_share(
+        self, session_id: str, epoch: str, version: int, counts: Mapping[str, int]
+    ) -> None:
+        """Bring the shared counters up to this key's absolute ``counts`` (exactly once)."""
+        key = f"{self.key_prefix}counted:{session_id}"
+        args = [epoch, str(version)]
+        for name, value in counts.items():
+            args.extend((name, str(value)))
+        if self.buffered:
+            waiting = self._shares.get(key)
+            if waiting is not None and waiting[0] != epoch:
+                self.flush()  # the old epoch's last share must land before the new one
+                waiting = None
+            if waiting is None or waiting[1] <= version:
+                self._shares[key] = (epoch, version, args)
+            self._touch()
+            return
+        self._add_share_script(keys=[key], args=self._share_args(args))
+
+    def count_once(
+        self, topic: str, partition: int | None, offset: int | None, counters: Mapping[str, int]
+    ) -> None:
+        """Count one source record's ``counters`` unless its offset was counted before."""
+        if partition is None or offset is None:
+            self.count(counters)
+            return
+        args = [
+            f"{topic}:{partition}", str(offset), f"{self.key_prefix}stats:total",
+            f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}", str(MINUTE_STATS_TTL_S),
+        ]
+        for name, value in counters.items():
+            args.extend((name, str(value)))
+        self._count_once_script(keys=[f"{self.key_prefix}counted:offsets"], args=args)
 
     def read_session(self, session_id: str) -> dict[str, str]:
         return dict(self._redis.hgetall(self.session_key(session_id)))

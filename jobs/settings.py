@@ -28,6 +28,8 @@ class FeatureJobSettings(FlywheelSettings):
     # Contract windows and thresholds (section 2 and 3 defaults).
     session_gap: timedelta = timedelta(minutes=30)
     max_out_of_order: timedelta = timedelta(seconds=10)
+    # An event more than this ahead of its Kafka record's timestamp is a `future_event`.
+    max_future_skew: timedelta = timedelta(minutes=10)
     idle_timeout: timedelta = timedelta(seconds=60)
     cta_window: timedelta = timedelta(minutes=10)
     silence_gap: timedelta = timedelta(minutes=5)
@@ -78,6 +80,7 @@ class FeatureJobSettings(FlywheelSettings):
     @field_validator(
         "session_gap",
         "max_out_of_order",
+        "max_future_skew",
         "idle_timeout",
         "cta_window",
         "silence_gap",

@@ -49,13 +49,17 @@ def load_context(**job_overrides: Any) -> JobContext:
 
 
 class _RedisFactory:
-    """Picklable factory so Python workers open their own Redis connection."""
+    """Picklable factory so Python workers open their own Redis connection.
 
-    def __init__(self, settings_json: str):
-        self._settings_json = settings_json
+    It carries the settings object itself, not its JSON: pydantic dumps a ``SecretStr``
+    to JSON as ``**********``, and the workers would then never authenticate.
+    """
+
+    def __init__(self, settings: RedisSettings):
+        self._settings = settings
 
     def __call__(self) -> Any:
-        return RedisSettings.model_validate_json(self._settings_json).client()
+        return self._settings.client()
 
 
 def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
@@ -73,9 +77,6 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("execution.runtime-mode", "BATCH" if bounded else "STREAMING")
     if not bounded:
-        # A partition without data stops holding back the watermark after idle_timeout.
-        idle_ms = int(ctx.job.idle_timeout.total_seconds() * 1000)
-        conf.set_string("table.exec.source.idle-timeout", f"{idle_ms} ms")
         interval_ms = int(ctx.job.checkpoint_interval.total_seconds() * 1000)
         conf.set_string("execution.checkpointing.interval", f"{interval_ms} ms")
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
@@ -105,9 +106,35 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
     return conf
 
 
+_client_prepared = False
+
+
+def _prepare_client_process() -> None:
+    """Make this process safe to start any number of jobs in, and to exit after them.
+
+    PyFlink starts a gRPC "loopback" worker-pool server in the client for every job on a
+    local MiniCluster (``BeamFnLoopbackWorkerPoolServicer.__init__`` resets the address
+    its singleton keeps) and only schedules an unawaited one-second stop at exit, so its
+    threads race interpreter teardown. This job needs none: in thread mode the Python
+    operators run inside the JVM, in process mode in workers of their own. The
+    documented switch ``_python_worker_execution_mode=process`` starts no server.
+    """
+    global _client_prepared
+    if _client_prepared:
+        return
+    os.environ["_python_worker_execution_mode"] = "process"
+    # The JVM inherits this environment, and thread mode runs Python inside it: Python's
+    # fault handler there would take the SIGSEGVs the JVM raises on purpose (null checks,
+    # safepoints) and kill it. This process keeps its handler; only children lose it.
+    os.environ.pop("PYTHONFAULTHANDLER", None)
+    _client_prepared = True
+
+
 def _environments(ctx: JobContext, *, bounded: bool, savepoint: str | None = None) -> tuple[Any, Any]:
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+    _prepare_client_process()
 
     # The Python workers must import this project and its venv.
     # In thread mode the embedded interpreter does not know the venv: put it on PYTHONPATH.
@@ -208,31 +235,64 @@ def checkpoint_dir(ctx: JobContext) -> str:
     return directory.rstrip("/")
 
 
+def _event_partitions(ctx: JobContext) -> tuple[int, ...]:
+    """The events topic's partitions now (later ones join the event clock when first seen)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(ctx.kafka.client_config())
+    topic = admin.list_topics(ctx.kafka.events_topic, timeout=30).topics.get(ctx.kafka.events_topic)
+    if topic is None or topic.error is not None:
+        return ()
+    return tuple(sorted(topic.partitions))
+
+
 def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
     """parse -> watermarks -> key -> session features, shared by both jobs."""
     from pyflink.common import Duration, WatermarkStrategy
     from pyflink.common.typeinfo import Types
 
     from jobs.operators import (
-        FEATURE_ROW_TYPE, EventTimeAssigner, ParseEvents, SessionFeaturesFunction, session_key,
+        FEATURE_ROW_TYPE, EventClockSettings, EventTimeAssigner, ParseEvents, ReaderWatermark,
+        SessionFeaturesFunction, session_key,
     )
 
     redis_factory = None
     if ctx.job.redis_enabled and not bounded:
-        redis_factory = _RedisFactory(ctx.redis.model_dump_json())
+        redis_factory = _RedisFactory(ctx.redis)
+    bound_ms = int(ctx.job.max_out_of_order.total_seconds() * 1000)
+    idle_ms = int(ctx.job.idle_timeout.total_seconds() * 1000)
+    clock = None
+    if not bounded:
+        clock = EventClockSettings(
+            topic=ctx.kafka.events_topic,
+            partitions=_event_partitions(ctx),
+            bound_ms=bound_ms,
+            idle_ms=idle_ms,
+            max_future_skew_ms=int(ctx.job.max_future_skew.total_seconds() * 1000),
+        )
     parsed = (
-        events.process(ParseEvents(redis_factory, ctx.redis.key_prefix))
+        events.process(ParseEvents(redis_factory, ctx.redis.key_prefix, clock))
         .uid("parse-events").name("Parse and validate events")
     )
-    with_time = parsed
     if bounded:
         # Files carry no watermarks; in batch mode every timer fires at the end anyway.
-        bound = Duration.of_millis(int(ctx.job.max_out_of_order.total_seconds() * 1000))
-        with_time = parsed.assign_timestamps_and_watermarks(
-            WatermarkStrategy.for_bounded_out_of_orderness(bound).with_timestamp_assigner(
-                EventTimeAssigner()
-            )
-        ).uid("event-time").name("Event-time watermarks")
+        strategy = WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(bound_ms)
+        ).with_timestamp_assigner(EventTimeAssigner())
+    else:
+        # Event time from accepted events only: the parse operator's per-partition clock
+        # (rejected events never reach this point). A reader with no input for
+        # idle_timeout stops holding back the others.
+        # (with_idleness before with_timestamp_assigner: PyFlink's with_idleness returns a
+        # new strategy without the Python assigner, and Flink would then read no time.)
+        strategy = (
+            WatermarkStrategy.for_monotonous_timestamps()
+            .with_idleness(Duration.of_millis(idle_ms))
+            .with_timestamp_assigner(ReaderWatermark())
+        )
+    with_time = parsed.assign_timestamps_and_watermarks(strategy).uid("event-time").name(
+        "Event-time watermarks"
+    )
     sessions = (
         with_time.key_by(session_key, key_type=Types.STRING())
         .process(
@@ -248,21 +308,6 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
         .uid("session-features").name("Sessions, features and rules")
     )
     return parsed, sessions
-
-
-def _valid_event_time_sql(json_text: str) -> str:
-    """SQL for the record's ``ts_ms`` when its envelope is valid, else 0 (see the caller)."""
-    from schemas.events import (
-        EVENT_CLASSES, MAX_TS_MS_EXCLUSIVE, MIN_TS_MS, SUPPORTED_SCHEMA_VERSION,
-    )
-
-    ts = f"TRY_CAST(JSON_VALUE({json_text}, '$.ts_ms') AS BIGINT)"
-    types = ", ".join(_sql_string(t) for t in EVENT_CLASSES)
-    return f"""CASE
-      WHEN JSON_VALUE({json_text}, '$.schema_version') = '{SUPPORTED_SCHEMA_VERSION}'
-       AND JSON_VALUE({json_text}, '$.event_type') IN ({types})
-       AND {ts} >= {MIN_TS_MS} AND {ts} < {MAX_TS_MS_EXCLUSIVE}
-      THEN {ts} ELSE 0 END"""
 
 
 def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False) -> tuple[Any, Any]:
@@ -287,20 +332,15 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
     }
     if bounded_source:
         source_options["scan.bounded.mode"] = "latest-offset"
-    # Event time is read from the JSON in the JVM so the Kafka source can keep one
-    # watermark per partition (a backlog read across partitions is not "out of order").
-    # Records that will be rejected get time 0, which never advances a watermark: at
-    # least those with a bad envelope (schema_version, event_type, ts_ms out of range).
-    # Without the range check a ts_ms beyond 2100 would move event time to its year and
-    # make every later event late, and one that overflows TO_TIMESTAMP_LTZ fails the job.
-    bound_s = ctx.job.max_out_of_order.total_seconds()
+    # No watermark here: event time comes from accepted events only, after parsing
+    # (ParseEvents keeps one watermark per partition). The record timestamp is when the
+    # producer sent the event, for the future_event check.
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE raw_events (
   `value` BYTES,
   `topic` STRING METADATA VIRTUAL,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  `event_time` AS TO_TIMESTAMP_LTZ({_valid_event_time_sql("CAST(`value` AS STRING)")}, 3),
-  WATERMARK FOR `event_time` AS `event_time` - INTERVAL '{bound_s:.3f}' SECOND
+  `record_ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
 ) WITH (
   {_with(source_options)}
 )""")

@@ -58,7 +58,8 @@ EVENT_TYPES: Final = (
     "feedback",
 )
 
-# Reasons a raw record can be rejected with; `late_event` is assigned by the streaming job.
+# Reasons a raw record can be rejected with; `future_event` and `late_event` are assigned by
+# the streaming job (they depend on the Kafka record's timestamp and on event time).
 PARSE_REASONS: Final = (
     "invalid_json",
     "not_an_object",
@@ -69,7 +70,7 @@ PARSE_REASONS: Final = (
     "unknown_event_type",
     "unsupported_schema_version",
 )
-DLQ_REASONS: Final = (*PARSE_REASONS, "late_event")
+DLQ_REASONS: Final = (*PARSE_REASONS, "future_event", "late_event")
 
 
 # --------------------------------------------------------------------------- records

@@ -81,3 +81,44 @@ def test_a_full_buffer_is_due_at_once(client: Any, redis_prefix: str) -> None:
     assert sink.due(sink.pending_since_ms() or 0)
     sink.flush()
     assert all(sink.read_session(f"s{i}")["event_count"] == "1" for i in range(3))
+
+
+def _totals(client: Any, prefix: str) -> dict[str, int]:
+    return {k: int(v) for k, v in client.hgetall(f"{prefix}stats:total").items()}
+
+
+def test_shares_count_once_across_a_replay(client: Any, redis_prefix: str) -> None:
+    from jobs.redis_sink import model_counter
+
+    sink = RedisSessionSink(client, redis_prefix, flush_interval_ms=10_000)
+    sink.add_share("s1", "e1", 1, {"events": 1})
+    sink.add_share("s1", "e1", 2, {"events": 2, "dlq": 1})
+    sink.add_share("s2", "f1", 1, {"events": 1, model_counter("v1", "sessions"): 1})
+    sink.flush()
+    assert _totals(client, redis_prefix) == {"events": 3, "dlq": 1}
+    assert client.hgetall(f"{redis_prefix}model:v1") == {"sessions": "1"}
+    # A restore replays s1 from version 1: the versions it already counted add nothing,
+    # and the first new one adds only its difference.
+    replay = RedisSessionSink(client, redis_prefix)
+    replay.add_share("s1", "e1", 2, {"events": 2, "dlq": 1})
+    replay.add_share("s1", "e1", 3, {"events": 3, "dlq": 1, "sessions_closed": 1})
+    replay.add_share("s2", "f1", 1, {"events": 1, model_counter("v1", "sessions"): 1})
+    assert _totals(client, redis_prefix) == {"events": 4, "dlq": 1, "sessions_closed": 1}
+    assert client.hgetall(f"{redis_prefix}model:v1") == {"sessions": "1"}
+    # A new epoch (the key's state expired and began again) adds to what was counted.
+    replay.add_share("s1", "e2", 1, {"events": 1})
+    assert _totals(client, redis_prefix)["events"] == 5
+    assert client.ttl(f"{redis_prefix}counted:s1") > 0
+
+
+def test_rejections_count_once_per_source_offset(client: Any, redis_prefix: str) -> None:
+    sink = RedisSessionSink(client, redis_prefix)
+    for offset in (3, 7):
+        sink.count_once("events", 0, offset, {"dlq": 1, "dlq:invalid_json": 1})
+    sink.count_once("events", 1, 2, {"dlq": 1, "dlq:out_of_range": 1})
+    for offset in (3, 7):  # replayed after a restore
+        sink.count_once("events", 0, offset, {"dlq": 1, "dlq:invalid_json": 1})
+    sink.count_once("events", 0, 9, {"dlq": 1, "dlq:invalid_json": 1})
+    assert _totals(client, redis_prefix) == {
+        "dlq": 4, "dlq:invalid_json": 3, "dlq:out_of_range": 1,
+    }

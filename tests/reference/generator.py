@@ -544,6 +544,19 @@ def _invalid_lines(rng: random.Random) -> list[InvalidLine]:
             b"bad-session",
             "v2 from the future",
         ),
+        # A valid envelope but a bad field, 30 h ahead; and a ts_ms sent as a string, ahead.
+        InvalidLine(
+            obj(event_type="feedback", kind="rating", rating=7, ts_ms=BASE_TS_MS + 30 * 3_600_000),
+            "out_of_range",
+            b"bad-session",
+            "rating 7 from 30 h ahead",
+        ),
+        InvalidLine(
+            obj(ts_ms=str(BASE_TS_MS + 30 * 3_600_000)),
+            "wrong_type",
+            b"bad-session",
+            "ts_ms as a string, 30 h ahead",
+        ),
     ]
 
 

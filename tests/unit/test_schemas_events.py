@@ -360,7 +360,7 @@ def test_duplicate_keys_last_wins() -> None:
 def test_dlq_reasons() -> None:
     assert set(schemas.DLQ_REASONS) == {
         "invalid_json", "not_an_object", "missing_field", "wrong_type", "out_of_range",
-        "too_large", "unknown_event_type", "unsupported_schema_version", "late_event",
+        "too_large", "unknown_event_type", "unsupported_schema_version", "future_event", "late_event",
     }  # fmt: skip
     assert schemas.load_schema("dlq_message.v1")["properties"]["reason"]["enum"] == list(
         schemas.DLQ_REASONS
