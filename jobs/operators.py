@@ -114,9 +114,11 @@ def _epoch_ms(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    to_epoch_milli = getattr(value, "to_epoch_milli", None)
-    if to_epoch_milli is not None:
-        return int(to_epoch_milli())
+    # PyFlink's Instant in process mode; in thread mode the JVM's java.time.Instant itself.
+    for method in ("to_epoch_milli", "toEpochMilli"):
+        to_epoch_milli = getattr(value, method, None)
+        if to_epoch_milli is not None:
+            return int(to_epoch_milli())
     timestamp = getattr(value, "timestamp", None)
     if timestamp is not None:
         return int(round(timestamp() * 1000))
