@@ -224,6 +224,8 @@ class RedisSettings(FlywheelSettings):
     key_prefix: str = "fw:"
     session_ttl: timedelta = timedelta(days=7)
     ssl_ca_certs: Path | None = None
+    # A Redis that stopped answering must not hang a writer: its writes fail and wait.
+    socket_timeout: timedelta = timedelta(seconds=5)
 
     @field_validator("url")
     @classmethod
@@ -234,7 +236,12 @@ class RedisSettings(FlywheelSettings):
         """A redis-py client (decode_responses on)."""
         import redis
 
-        kwargs: dict[str, Any] = {"decode_responses": True}
+        timeout_s = self.socket_timeout.total_seconds()
+        kwargs: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+        }
         if self.password is not None:
             kwargs["password"] = self.password.get_secret_value()
         if self.username:
@@ -286,7 +293,14 @@ class S3Settings(FlywheelSettings):
             aws_secret_access_key=(
                 self.secret_access_key.get_secret_value() if self.secret_access_key else None
             ),
-            config=Config(s3={"addressing_style": "path" if self.path_style else "auto"}),
+            # Checksums only where the operation needs them: new boto3 sends flexible
+            # checksums on every request, which some S3 servers (S3Proxy, older MinIO)
+            # refuse or store wrongly.
+            config=Config(
+                s3={"addressing_style": "path" if self.path_style else "auto"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
         )
 
     def pyarrow_filesystem(self) -> Any:

@@ -167,6 +167,10 @@ class ParseEvents(ProcessFunction):
 
             self._sink = RedisSessionSink(self._redis_factory(), self._key_prefix)
 
+    def close(self) -> None:
+        if self._sink is not None:
+            SessionFeaturesFunction._flush_before_close(self._sink)
+
     def _future_event(self, event: Event, record_ts_ms: int | None) -> ParseError | None:
         from features.event_time import is_future_event
 
@@ -186,6 +190,8 @@ class ParseEvents(ProcessFunction):
         raw, topic, partition, offset = value[0], value[1], value[2], value[3]
         if isinstance(raw, str):
             raw = raw.encode("utf-8")
+        if self._sink is not None:
+            self._sink.retry()  # rejections counted while Redis was away
         result = self._parse(raw)
         if not isinstance(result, ParseError) and self._clock is not None:
             result = self._future_event(result, _epoch_ms(value[4])) or result
@@ -312,23 +318,28 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     def close(self) -> None:
         if self.sink is not None:
-            self.sink.flush()
+            self._flush_before_close(self.sink)
         if self.embedder is not None:
             self.embedder.close()
+
+    @staticmethod
+    def _flush_before_close(sink: Any, wait_s: float = 30.0) -> None:
+        """Writes still buffered at a stop get up to ``wait_s`` for Redis to come back."""
+        deadline = time.monotonic() + wait_s
+        while not sink.flush() and time.monotonic() < deadline:
+            time.sleep(1.0)
 
     def _flush_redis(self, ctx: Any) -> None:
         """Send buffered Redis writes once due; until then a processing timer is pending."""
         sink = self.sink
-        if sink is None:
-            return
-        since_ms = sink.pending_since_ms()
-        if since_ms is None:
+        if sink is None or sink.pending_since_ms() is None:
             return
         if sink.due(_now_ms()):
-            sink.flush()
+            sink.flush()  # when Redis is away the writes stay buffered: a retry is due
             self.flush_timer_ms = None
-        elif self.flush_timer_ms is None:
-            self.flush_timer_ms = _odd(since_ms + sink.flush_interval_ms)
+        next_ms = sink.next_flush_ms()
+        if next_ms is not None and self.flush_timer_ms is None:
+            self.flush_timer_ms = _odd(max(next_ms, _now_ms() + 1))
             ctx.timer_service().register_processing_time_timer(self.flush_timer_ms)
 
     def _registered_event_timers(self, ctx: Any, key: str, state: tracker.TrackerState) -> set[int]:

@@ -52,8 +52,10 @@ elseif stored_epoch then
 end
 for i = 8, #ARGV, 2 do
   local field = ARGV[i]
-  local delta = tonumber(ARGV[i + 1]) - tonumber(redis.call('HGET', key, field) or '0')
-  if delta ~= 0 then
+  local held = redis.call('HGET', key, field)
+  local delta = tonumber(ARGV[i + 1]) - tonumber(held or '0')
+  -- A field new to this share is written even when 0, so readers see it (as HINCRBY 0).
+  if delta ~= 0 or not held then
     local sep = string.find(field, '\\31', 1, true)
     if sep then
       local rest = string.sub(field, sep + 1)
@@ -122,6 +124,8 @@ class RedisSessionSink:
         *,
         flush_interval_ms: int = 0,
         max_buffered: int = 2_000,
+        retry_interval_ms: int = 1_000,
+        max_pending_keys: int = 500_000,
     ):
         self._redis = client
         self.key_prefix = key_prefix
@@ -130,6 +134,11 @@ class RedisSessionSink:
         self._add_share_script = client.register_script(_ADD_SHARE)
         self._count_once_script = client.register_script(_COUNT_ONCE_PER_OFFSET)
         self._shares: dict[str, tuple[str, int, list[str]]] = {}  # key -> (epoch, version, args)
+        self._offsets: list[list[str]] = []  # count_once calls waiting for Redis
+        self.retry_interval_ms = retry_interval_ms
+        self.max_pending_keys = max_pending_keys
+        self._retry_at_ms = 0
+        self._unavailable_since_ms: int | None = None
         # 0 = write through; otherwise writes wait in these buffers until ``flush``.
         self.flush_interval_ms = flush_interval_ms
         self.max_buffered = max_buffered
@@ -150,36 +159,87 @@ class RedisSessionSink:
         return self._oldest_ms
 
     def due(self, now_ms: int) -> bool:
-        """Whether the buffer should be flushed now (old enough or large enough)."""
-        if self._oldest_ms is None:
+        """Whether the buffer should be flushed now (old enough or large enough).
+
+        While Redis is unreachable, not before the next retry.
+        """
+        if self._oldest_ms is None or now_ms < self._retry_at_ms:
             return False
-        size = len(self._sessions) + len(self._shares) + len(self._totals)
+        size = len(self._sessions) + len(self._shares) + len(self._totals) + len(self._offsets)
         return now_ms - self._oldest_ms >= self.flush_interval_ms or size >= self.max_buffered
+
+    def next_flush_ms(self) -> int | None:
+        """When the buffered writes should go out (None when nothing waits)."""
+        if self._oldest_ms is None:
+            return None
+        return max(self._oldest_ms + self.flush_interval_ms, self._retry_at_ms)
 
     def _touch(self) -> None:
         if self._oldest_ms is None:
             self._oldest_ms = _now_ms()
 
-    def flush(self) -> None:
-        """Send every buffered write in one pipeline (a no-op when nothing waits)."""
+    @property
+    def unavailable(self) -> bool:
+        """Whether the last attempt to reach Redis failed (writes are waiting)."""
+        return self._unavailable_since_ms is not None
+
+    def flush(self) -> bool:
+        """Send every buffered write in one pipeline; False if Redis could not be reached.
+
+        Redis being away is not the job's failure: the writes stay buffered (newest
+        version per key, one share per key) and go out once it answers again. Every
+        write is idempotent (versioned hashes and shares, offset-guarded counts), so a
+        pipeline cut off half way is simply sent again. More than ``max_pending_keys``
+        keys waiting raises, and the job restarts from its last checkpoint.
+        """
         if self._oldest_ms is None:
-            return
+            return True
+        import redis
+
         pipe = self.pipeline()
         for key, (_, args) in self._sessions.items():
             self._script(keys=[key], args=args, client=pipe)
         for key, (_, _, args) in self._shares.items():
             self._add_share_script(keys=[key], args=self._share_args(args), client=pipe)
+        for args in self._offsets:
+            self._count_once_script(
+                keys=[f"{self.key_prefix}counted:offsets"], args=args, client=pipe
+            )
         self._add_counters(pipe, self._totals, self._minutes)
         for model_key, counts in self._models.items():
             for name, value in counts.items():
                 pipe.hincrby(model_key, name, value)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._failed(exc)
+            return False
+        if self._unavailable_since_ms is not None:
+            waited_s = (_now_ms() - self._unavailable_since_ms) / 1000
+            _log(f"Redis is back after {waited_s:.1f} s; buffered writes sent")
+        self._unavailable_since_ms = None
+        self._retry_at_ms = 0
         self._sessions.clear()
         self._shares.clear()
+        self._offsets.clear()
         self._totals.clear()
         self._minutes.clear()
         self._models.clear()
         self._oldest_ms = None
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        now = _now_ms()
+        if self._unavailable_since_ms is None:
+            self._unavailable_since_ms = now
+            _log(f"Redis unreachable ({exc}); buffering writes and retrying")
+        self._retry_at_ms = now + self.retry_interval_ms
+        pending = len(self._sessions) + len(self._shares) + len(self._offsets)
+        if pending > self.max_pending_keys:
+            raise RuntimeError(
+                f"Redis unreachable for {(now - self._unavailable_since_ms) / 1000:.0f} s with "
+                f"{pending} keys waiting (max_pending_keys {self.max_pending_keys})"
+            ) from exc
 
     def _add_counters(
         self, pipe: Any, totals: Mapping[str, int], minutes: Mapping[int, Mapping[str, int]]
@@ -292,7 +352,25 @@ class RedisSessionSink:
         ]
         for name, value in counters.items():
             args.extend((name, str(value)))
-        self._count_once_script(keys=[f"{self.key_prefix}counted:offsets"], args=args)
+        if self._offsets or self._unavailable_since_ms is not None:
+            # Redis is away: keep the order, send with the next flush.
+            self._offsets.append(args)
+            self._touch()
+            self.retry()
+            return
+        import redis
+
+        try:
+            self._count_once_script(keys=[f"{self.key_prefix}counted:offsets"], args=args)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._offsets.append(args)
+            self._touch()
+            self._failed(exc)
+
+    def retry(self) -> None:
+        """Flush what waits for Redis once the retry time has come (cheap otherwise)."""
+        if self._oldest_ms is not None and _now_ms() >= self._retry_at_ms:
+            self.flush()
 
     def read_session(self, session_id: str) -> dict[str, str]:
         return dict(self._redis.hgetall(self.session_key(session_id)))
@@ -331,3 +409,9 @@ def closed_session_counters(row: Mapping[str, Any]) -> dict[str, int]:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _log(message: str) -> None:
+    import logging
+
+    logging.getLogger("flywheel.redis_sink").warning(message)

@@ -1,0 +1,123 @@
+"""Fault: Redis goes away while the job runs, and comes back.
+
+Parquet and the flagged topic must keep flowing while Redis is unreachable; the job's
+Redis writes wait in a bounded buffer (newest version per key) and, once Redis answers
+again, the session hashes and the counters converge to the true values, each event and
+each closed session counted once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from reference.contract_reference import compute_reference
+from reference.generator import generate_stream
+from reference.job_harness import job_sandbox, running_job
+
+from deploy import procs
+
+pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
+
+OUTAGE_S = 20
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, with its data on disk, to stop and start."""
+
+    def __init__(self, directory: Path):
+        binary = shutil.which("redis-server")
+        assert binary is not None, "redis-server is not installed (deploy/run.sh installs it)"
+        self.binary = binary
+        self.directory = directory
+        self.port = procs.free_port("127.0.0.1")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while not procs.port_is_listening("127.0.0.1", self.port, 0.2):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_redis_outage_loses_nothing_and_converges(
+    stack_endpoints: Any, kafka_admin: Any, tmp_path: Path, private_redis: PrivateRedis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connectors.settings import RedisSettings
+
+    stream = generate_stream(300, seed=606, span_ms=2 * 3600 * 1000)
+    reference = compute_reference(stream.events)
+    with job_sandbox(stack_endpoints, kafka_admin, tmp_path, "redis-out", partitions=2) as box, \
+            monkeypatch.context() as env:
+        env.setenv("FLYWHEEL_REDIS_URL", private_redis.url)
+        half = len(stream.deliveries) // 2
+        box.produce((d.key, d.raw) for d in stream.deliveries[:half])
+        with running_job(box.context(embedding_enabled=False)) as run:
+            client = RedisSettings.load().client()
+            run.wait_for(
+                lambda: int(client.hget(f"{box.redis_prefix}stats:total", "events") or 0) > 0,
+                "the first Redis writes",
+            )
+            private_redis.stop()
+            outage_started = time.monotonic()
+            box.produce((d.key, d.raw) for d in stream.deliveries[half:])
+            # Parquet keeps flowing while Redis is away.
+            written_during = run.wait_for(
+                lambda: len(box.parquet_rows("flywheel/session_features")) > 0,
+                "Parquet output during the outage",
+            )
+            assert time.monotonic() - outage_started < OUTAGE_S + written_during + 5
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
+            private_redis.start()
+            run.stop_when_idle(idle_s=4, drain=True)
+
+        rows = box.parquet_rows("flywheel/session_features")
+        keys = [(r["session_id"], r["session_start_ms"]) for r in rows]
+        assert len(keys) == len(set(keys)) and set(keys) == set(reference.rows)
+        flagged = [m for _, m in box.read_json_topic(box.flagged_topic)]
+        flagged_keys = [(m["session_id"], m["session_start_ms"]) for m in flagged]
+        assert len(flagged_keys) == len(set(flagged_keys))
+        assert set(flagged_keys) == set(reference.flagged)
+
+        client = RedisSettings.load().client()
+        for session_id, row in reference.last_row_by_session_id.items():
+            stored = client.hgetall(f"{box.redis_prefix}session:{session_id}")
+            assert stored.get("status") == "closed", session_id
+            assert int(stored["event_count"]) == row["event_count"], session_id
+            assert stored["reasons"] == ",".join(row["reasons"]), session_id
+        totals = {k: int(v) for k, v in client.hgetall(f"{box.redis_prefix}stats:total").items()}
+        assert totals["events"] == len(stream.deliveries) - len(stream.invalid)
+        assert totals["dlq"] == len(stream.invalid)
+        assert totals["sessions_closed"] == len(reference.rows)
+        assert totals.get("sessions_flagged", 0) == len(reference.flagged)
