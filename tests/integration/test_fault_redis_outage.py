@@ -8,8 +8,6 @@ each closed session counted once.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,45 +17,11 @@ import pytest
 from reference.contract_reference import compute_reference
 from reference.generator import generate_stream
 from reference.job_harness import job_sandbox, running_job
-
-from deploy import procs
+from reference.redis_server import PrivateRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
 
 OUTAGE_S = 20
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, with its data on disk, to stop and start."""
-
-    def __init__(self, directory: Path):
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed (deploy/run.sh installs it)"
-        self.binary = binary
-        self.directory = directory
-        self.port = procs.free_port("127.0.0.1")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not procs.port_is_listening("127.0.0.1", self.port, 0.2):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
 
 
 @pytest.fixture

@@ -8,9 +8,6 @@ writes, and a client without the password is refused.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +16,7 @@ import pytest
 from reference.contract_reference import compute_reference
 from reference.generator import generate_stream
 from reference.job_harness import job_sandbox, running_job
-
-from deploy import procs
+from reference.redis_server import PrivateRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
@@ -29,24 +25,12 @@ PASSWORD = "s3cr3t-p@ss:w0rd!"  # redis-server re-parses its argv as config: no 
 
 @pytest.fixture
 def protected_redis(tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (deploy/run.sh installs it)")
-    port = procs.free_port("127.0.0.1")
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+    server = PrivateRedis(tmp_path, password=PASSWORD, persist=False)
+    server.start()
     try:
-        deadline = time.monotonic() + 20
-        while not procs.port_is_listening("127.0.0.1", port, 0.2):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
 def test_job_writes_to_a_password_protected_redis(

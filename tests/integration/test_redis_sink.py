@@ -127,40 +127,23 @@ def test_rejections_count_once_per_source_offset(client: Any, redis_prefix: str)
 def test_writes_wait_while_redis_is_away_and_converge_after(tmp_path: Any) -> None:
     """Redis stopped: flushes fail without raising, keep the newest write per key, and
     everything lands, once, when a Redis answers on the same address again."""
-    import shutil
-    import subprocess
     import time
 
     import redis
+    from reference.redis_server import PrivateRedis
 
-    from deploy import procs
     from jobs.redis_sink import model_counter
 
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    port = procs.free_port("127.0.0.1")
-
-    def start() -> subprocess.Popen[bytes]:
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp_path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        while not procs.port_is_listening("127.0.0.1", port, 0.2):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        return server
-
-    server = start()
+    server = PrivateRedis(tmp_path, persist=False)
+    server.start()
+    port = server.port
     client = redis.Redis(port=port, decode_responses=True, socket_timeout=2,
                          socket_connect_timeout=2)
     sink = RedisSessionSink(client, "fw:", flush_interval_ms=1, retry_interval_ms=50)
     sink.write_session("s1", {"event_count": "1"}, status="open", version=_version(1_000, 1))
     sink.add_share("s1", "e1", 1, {"events": 1})
     assert sink.flush()
-    server.kill()
-    server.wait(10)
+    server.stop()
 
     sink.write_session("s1", {"event_count": "2"}, status="open", version=_version(2_000, 2))
     sink.write_session("s1", {"event_count": "3"}, status="closed", version=_version(3_000, 3, True))
@@ -170,7 +153,7 @@ def test_writes_wait_while_redis_is_away_and_converge_after(tmp_path: Any) -> No
     assert not sink.flush() and sink.unavailable
     assert not sink.due(sink.next_flush_ms() - 1)
 
-    server = start()
+    server.start()
     try:
         time.sleep(0.06)
         assert sink.flush() and not sink.unavailable
@@ -181,5 +164,4 @@ def test_writes_wait_while_redis_is_away_and_converge_after(tmp_path: Any) -> No
         assert client.hgetall("fw:model:v1") == {"sessions": "1"}
         assert sink.flush()  # nothing waits: a no-op
     finally:
-        server.kill()
-        server.wait(10)
+        server.stop()
