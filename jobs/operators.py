@@ -169,7 +169,7 @@ class ParseEvents(ProcessFunction):
 
     def close(self) -> None:
         if self._sink is not None:
-            SessionFeaturesFunction._flush_before_close(self._sink)
+            self._sink.flush_before_close()
 
     def _future_event(self, event: Event, record_ts_ms: int | None) -> ParseError | None:
         from features.event_time import is_future_event
@@ -318,16 +318,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     def close(self) -> None:
         if self.sink is not None:
-            self._flush_before_close(self.sink)
+            self.sink.flush_before_close()
         if self.embedder is not None:
             self.embedder.close()
-
-    @staticmethod
-    def _flush_before_close(sink: Any, wait_s: float = 30.0) -> None:
-        """Writes still buffered at a stop get up to ``wait_s`` for Redis to come back."""
-        deadline = time.monotonic() + wait_s
-        while not sink.flush() and time.monotonic() < deadline:
-            time.sleep(1.0)
 
     def _flush_redis(self, ctx: Any) -> None:
         """Send buffered Redis writes once due; until then a processing timer is pending."""

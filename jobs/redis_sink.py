@@ -228,6 +228,15 @@ class RedisSessionSink:
         self._oldest_ms = None
         return True
 
+    def flush_before_close(self, wait_s: float = 30.0) -> None:
+        """At a stop, writes still buffered get up to ``wait_s`` for Redis to come back."""
+        deadline = time.monotonic() + wait_s
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(1.0)
+
+    def _minute_key(self) -> str:
+        return f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}"
+
     def _failed(self, exc: Exception) -> None:
         now = _now_ms()
         if self._unavailable_since_ms is None:
@@ -314,10 +323,9 @@ class RedisSessionSink:
 
     def _share_args(self, head_and_pairs: list[str]) -> list[str]:
         epoch, version, *pairs = head_and_pairs
-        minute_key = f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}"
         return [
             epoch, version, str(self.session_ttl_s), f"{self.key_prefix}stats:total",
-            minute_key, str(MINUTE_STATS_TTL_S), f"{self.key_prefix}model:", *pairs,
+            self._minute_key(), str(MINUTE_STATS_TTL_S), f"{self.key_prefix}model:", *pairs,
         ]
 
     def add_share(
@@ -348,7 +356,7 @@ class RedisSessionSink:
             return
         args = [
             f"{topic}:{partition}", str(offset), f"{self.key_prefix}stats:total",
-            f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}", str(MINUTE_STATS_TTL_S),
+            self._minute_key(), str(MINUTE_STATS_TTL_S),
         ]
         for name, value in counters.items():
             args.extend((name, str(value)))
