@@ -61,7 +61,7 @@ def stack() -> None:
     "--kafka-controller-port", type=int, default=None, help="KRaft controller port (0 = pick)."
 )
 @click.option("--redis-port", type=int, default=None, help="Redis port (0 = pick).")
-@click.option("--s3-port", type=int, default=None, help="S3 (moto) port (0 = pick).")
+@click.option("--s3-port", type=int, default=None, help="S3 (S3Proxy) port (0 = pick).")
 @click.option(
     "--flink-cluster/--no-flink-cluster",
     default=None,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 KAFKA_POM = DEPLOY_DIR / "maven" / "kafka" / "pom.xml"
 FLINK_POM = DEPLOY_DIR / "maven" / "flink" / "pom.xml"
+S3PROXY_POM = DEPLOY_DIR / "maven" / "s3proxy" / "pom.xml"
 S3_PLUGIN_NAME = "s3-fs-hadoop"
 _MARKER = ".complete"
 
@@ -133,6 +134,45 @@ def ensure_kafka_libs(settings: StackSettings | None = None) -> Path:
     return home / "libs"
 
 
+# --- S3Proxy ---------------------------------------------------------------
+
+
+def _s3proxy_home(settings: StackSettings) -> tuple[Path, Path, str]:
+    version = settings.s3proxy_version
+    home = settings.cache_dir / f"s3proxy-{version}"
+    jar = home / f"s3proxy-{version}-jar-with-dependencies.jar"
+    return home, jar, _pom_hash(S3PROXY_POM, version)
+
+
+def s3proxy_jar_is_cached(settings: StackSettings) -> bool:
+    home, jar, expected = _s3proxy_home(settings)
+    return _is_complete(home, expected) and jar.is_file()
+
+
+def ensure_s3proxy_jar(settings: StackSettings | None = None) -> Path:
+    """Download S3Proxy's self-contained jar if needed; return its path."""
+    settings = settings or StackSettings.load()
+    home, jar, expected = _s3proxy_home(settings)
+    if s3proxy_jar_is_cached(settings):
+        return jar
+    with _cache_lock(settings.cache_dir, "s3proxy"):
+        if not s3proxy_jar_is_cached(settings):
+            _fetch_into(
+                settings,
+                home,
+                S3PROXY_POM,
+                ["dependency:copy"],
+                lambda staging: {
+                    "artifact": (
+                        f"org.gaul:s3proxy:{settings.s3proxy_version}:jar:jar-with-dependencies"
+                    ),
+                    "outputDirectory": str(staging),
+                },
+                expected,
+            )
+    return jar
+
+
 # --- Flink -----------------------------------------------------------------
 
 
@@ -210,8 +250,14 @@ def flink_process_env(settings: StackSettings | None = None) -> dict[str, str]:
 
 
 def flink_s3_options(s3: S3Settings) -> dict[str, str]:
-    """Flink configuration for flink-s3-fs-hadoop to reach ``s3`` (MinIO/moto/AWS)."""
-    options: dict[str, str] = {"s3.path.style.access": str(s3.path_style).lower()}
+    """Flink configuration for flink-s3-fs-hadoop to reach ``s3`` (MinIO/S3Proxy/AWS)."""
+    options: dict[str, str] = {
+        "s3.path.style.access": str(s3.path_style).lower(),
+        # Hadoop 3.3's s3a deletes every parent folder marker after each write; S3Proxy's
+        # filesystem backend refuses to delete a marker with objects under it, and s3a
+        # then retries for minutes. "keep" is Hadoop 3.4's default and saves AWS calls.
+        "s3.directory.marker.retention": "keep",
+    }
     if s3.endpoint_url:
         options["s3.endpoint"] = s3.endpoint_url
         options["s3.endpoint.region"] = s3.region
@@ -265,7 +311,12 @@ def fetch_all(settings: StackSettings | None = None) -> dict[str, float]:
     """Download every jar set; return seconds spent on each."""
     settings = settings or StackSettings.load()
     timings: dict[str, float] = {}
-    for name, fetch in (("kafka", ensure_kafka_libs), ("flink", ensure_flink_jars)):
+    fetchers: tuple[tuple[str, Any], ...] = (
+        ("kafka", ensure_kafka_libs),
+        ("flink", ensure_flink_jars),
+        ("s3proxy", ensure_s3proxy_jar),
+    )
+    for name, fetch in fetchers:
         start = time.monotonic()
         fetch(settings)
         timings[name] = time.monotonic() - start
@@ -277,6 +328,7 @@ __all__ = [
     "configure_pyflink",
     "ensure_flink_jars",
     "ensure_kafka_libs",
+    "ensure_s3proxy_jar",
     "fetch_all",
     "flink_jar_paths",
     "flink_pipeline_jars",
@@ -285,4 +337,5 @@ __all__ = [
     "flink_s3_options",
     "kafka_home",
     "pyflink_home",
+    "s3proxy_jar_is_cached",
 ]

@@ -73,7 +73,10 @@ class StackSettings(FlywheelSettings):
     flink_jobmanager_memory_mb: int = Field(1024, ge=768)
     flink_taskmanager_memory_mb: int = Field(1728, ge=1024)
 
-    # moto accepts any credentials; these are what clients of the local stack use.
+    # S3Proxy, objects on disk under <state_dir>/s3/data. It checks no signature on
+    # loopback (see deploy/README.md); these are what clients of the local stack send.
+    s3proxy_version: str = "2.6.0"
+    s3_heap_mb: int = Field(256, ge=128)
     s3_access_key_id: str = "flywheel"
     s3_secret_access_key: SecretStr = SecretStr("flywheel-local-secret")
     s3_region: str = "us-east-1"

@@ -12,7 +12,7 @@ State directory layout (default ``<repo>/.flywheel``)::
     last-ports.json       ports of the last stack, reused by the next `up` while free
     kafka/                server.properties, log4j2.properties, data/, kafka.pid, kafka.log
     redis/                redis.conf, data/ (AOF), redis.pid, redis.log
-    s3/                   s3.pid, s3.log (moto keeps objects in memory)
+    s3/                   s3proxy.conf, data/<bucket>/<key> (objects on disk), s3.pid, s3.log
     flink/                conf/config.yaml, log/, tmp/, flink-*.pid, flink-*.log
 """
 
@@ -245,6 +245,13 @@ class _Redis(_Service):
             client.close()
 
 
+def _java(settings: StackSettings, needed_by: str) -> str:
+    found = shutil.which(settings.java)
+    if not found:
+        raise StackError(f"Java ({settings.java!r}) is not installed; {needed_by} needs Java 17+")
+    return found
+
+
 class _S3(_Service):
     port_roles = ("s3",)
     bucket: str = "flywheel"
@@ -256,14 +263,53 @@ class _S3(_Service):
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.ports['s3']}"
 
+    def _properties(self) -> str:
+        # "filesystem" keeps one file per object under data/<bucket>/<key>. It lists each
+        # folder as a marker key ("dir/"), which every lister here skips. The newer
+        # filesystem-nio2 answers HEAD "dir" for a folder, so Hadoop s3a takes a
+        # partition folder for a file and Flink's batch sink cannot commit.
+        # Signatures are not checked (authorization=none): the AWS C++ SDK that pyarrow
+        # uses signs keys holding "=" (Hive partitions) differently from S3Proxy's check,
+        # and the server listens on loopback only (StackSettings.host).
+        data = self.directory / "data"
+        return "\n".join(
+            [
+                f"s3proxy.endpoint={self.url}",
+                "s3proxy.authorization=none",
+                "s3proxy.ignore-unknown-headers=true",
+                "jclouds.provider=filesystem",
+                f"jclouds.filesystem.basedir={data}",
+                # jclouds wants an identity even when S3Proxy checks none.
+                "jclouds.identity=local",
+                "jclouds.credential=local",
+                "",
+            ]
+        )
+
     def prepare(self, progress: Progress) -> tuple[list[str], dict[str, str]]:
+        java = _java(self.settings, "S3Proxy")
+        if not jars.s3proxy_jar_is_cached(self.settings):
+            progress(f"s3: downloading S3Proxy {self.settings.s3proxy_version} (Maven)")
+        jar = jars.ensure_s3proxy_jar(self.settings)
         self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "data").mkdir(exist_ok=True)
+        properties = self.directory / "s3proxy.conf"
+        properties.write_text(self._properties())
         argv = [
-            sys.executable, "-m", "moto.server",
-            "-H", self.settings.host,
-            "-p", str(self.ports["s3"]),
-        ]  # fmt: skip
-        return argv, dict(os.environ)
+            java,
+            f"-Xmx{self.settings.s3_heap_mb}m",
+            "-XX:+UseSerialGC",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            "-jar",
+            str(jar),
+            "--properties",
+            str(properties),
+        ]
+        env = dict(os.environ)
+        # S3Proxy's logback reads LOG_LEVEL; info logs every bucket operation.
+        env.setdefault("LOG_LEVEL", "warn")
+        return argv, env
 
     def client(self, timeout_s: float) -> Any:
         import boto3
@@ -381,16 +427,8 @@ class _Kafka(_Service):
             ]
         )
 
-    def _java(self) -> str:
-        found = shutil.which(self.settings.java)
-        if not found:
-            raise StackError(
-                f"Java ({self.settings.java!r}) is not installed; Kafka needs Java 17+"
-            )
-        return found
-
     def prepare(self, progress: Progress) -> tuple[list[str], dict[str, str]]:
-        java = self._java()
+        java = _java(self.settings, "Kafka")
         if not jars.kafka_home(self.settings).joinpath("libs").is_dir():
             progress(f"kafka: downloading Apache Kafka {self.settings.kafka_version} jars (Maven)")
         libs = jars.ensure_kafka_libs(self.settings)
@@ -524,6 +562,7 @@ class _FlinkBase(_Service):
             "s3.path.style.access": "true",
             "s3.access-key": settings.s3_access_key_id,
             "s3.secret-key": secret.get_secret_value(),
+            "s3.directory.marker.retention": "keep",  # why: jars.flink_s3_options
         }
         (conf / "config.yaml").write_text(
             "# Written by `flywheel stack up`; edits are overwritten.\n"

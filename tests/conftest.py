@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from reference.s3_buckets import delete_bucket
 
 from deploy.stack import StackEndpoints
 
@@ -296,9 +297,4 @@ def s3_bucket(request: pytest.FixtureRequest, s3_settings: Any) -> Iterator[str]
     name = f"test-{_test_slug(request, 30)}-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     yield name
-    paginator = client.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=name):
-        objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-        if objects:
-            client.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
-    client.delete_bucket(Bucket=name)
+    delete_bucket(client, name)

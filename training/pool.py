@@ -200,7 +200,8 @@ class PoolStore:
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/{kind}/"):
-                keys += [obj["Key"] for obj in page.get("Contents", [])]
+                # A key ending in "/" is a folder marker (s3a, consoles), never a record.
+                keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         except Exception as exc:
             raise PoolError(
                 f"cannot list {self.uri(self.prefix + '/' + kind + '/')}: {exc}"

@@ -138,7 +138,8 @@ class Registry:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys += [obj["Key"] for obj in page.get("Contents", [])]
+            # A key ending in "/" is a folder marker (s3a, consoles), never an object of ours.
+            keys += [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         return keys
 
     # ------------------------------------------------------------- versions

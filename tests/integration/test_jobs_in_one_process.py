@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,27 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.flink]
 
 JOBS = 3
 
-SCRIPT = textwrap.dedent(
-    """
-    import json, sys, threading
-    from jobs.commands import run_backfill
-    from jobs.streaming import load_context
-
-    events, out, jobs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    ctx = load_context(embedding_enabled=False, redis_enabled=False)
-    for i in range(jobs):
-        run_backfill(ctx, events, f"{out}/run-{i}")
-    from pyflink.fn_execution.beam.beam_worker_pool_service import (
-        BeamFnLoopbackWorkerPoolServicer,
-    )
-    servicer = BeamFnLoopbackWorkerPoolServicer._instance
-    print(json.dumps({
-        "loopback_servers": 0 if servicer is None or not servicer._worker_address else 1,
-        "grpc_threads": sum("grpc" in t.name.lower() or "serve" in t.name.lower()
-                            for t in threading.enumerate()),
-    }))
-    """
-)
+SCRIPT = Path(__file__).resolve().parents[1] / "reference" / "jobs_in_one_process.py"
 
 
 def test_jobs_in_one_process_leave_no_server_and_exit_zero(tmp_path: Path) -> None:
@@ -51,7 +30,7 @@ def test_jobs_in_one_process_leave_no_server_and_exit_zero(tmp_path: Path) -> No
     events = tmp_path / "events.jsonl"
     events.write_bytes(stream.jsonl())
     done = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", SCRIPT, str(events), str(tmp_path / "out"),
+        [sys.executable, "-X", "faulthandler", str(SCRIPT), str(events), str(tmp_path / "out"),
          str(JOBS)],
         capture_output=True, text=True, timeout=600,
         cwd=Path(__file__).resolve().parents[2],

@@ -6,6 +6,7 @@ directory, and `down` only stops processes of that directory.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -170,3 +171,65 @@ def test_bad_stack_setting_is_a_usage_error_naming_it(state_dir: Path) -> None:
 
     assert result.returncode == 2
     assert "FLYWHEEL_STACK_HOST (host)" in result.stderr
+
+
+def test_down_then_up_keeps_every_s3_object_and_redis_key(state_dir: Path) -> None:
+    """The local S3 server keeps objects on disk: `down` then `up` loses none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from boto3.s3.transfer import TransferConfig
+
+    from deploy.stack import StackEndpoints
+
+    first = _flywheel("stack", "up", "--state-dir", str(state_dir), "--json")
+    assert first.returncode == 0, first.stderr
+    endpoints = StackEndpoints.from_mapping(json.loads(first.stdout))
+    s3 = endpoints.s3_settings()
+    client = s3.boto3_client()
+    written = {
+        "registry/intent/versions/v0001/manifest.json": b'{"version": "v0001"}',
+        "pool/samples/dt=2026-12-01/part-0.jsonl": "请问这个多少钱\n".encode(),
+        "empty-object": b"",
+    }
+    for key, body in written.items():
+        client.put_object(Bucket=endpoints.s3_bucket, Key=key, Body=body)
+    # A Hive-partitioned Parquet file written by pyarrow (the AWS C++ SDK, as the
+    # backfill and the pool use it), and a 6 MiB object sent as a multipart upload.
+    table = pa.table({"session_id": ["s1", "s2"], "n": [1, 2]})
+    parquet_key = f"{endpoints.s3_bucket}/features/dt=2026-12-01/part-0.parquet"
+    pq.write_table(table, parquet_key, filesystem=s3.pyarrow_filesystem())
+    big = os.urandom(6 * 1024 * 1024)
+    five_mib = 5 * 1024 * 1024
+    client.upload_fileobj(
+        io.BytesIO(big),
+        endpoints.s3_bucket,
+        "big/blob.bin",
+        Config=TransferConfig(multipart_threshold=five_mib, multipart_chunksize=five_mib),
+    )
+    redis = endpoints.redis_settings().client()
+    redis.hset("fw:session:durable", mapping={"n_events": "3"})
+    redis.close()
+
+    down = _flywheel("stack", "down", "--state-dir", str(state_dir))
+    assert down.returncode == 0, down.stderr
+    assert _processes_of_state_dir(state_dir) == []
+
+    again = _flywheel("stack", "up", "--state-dir", str(state_dir), "--json")
+    assert again.returncode == 0, again.stderr
+    endpoints = StackEndpoints.from_mapping(json.loads(again.stdout))
+    s3 = endpoints.s3_settings()
+    client = s3.boto3_client()
+    listed = {
+        item["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=endpoints.s3_bucket)
+        for item in page.get("Contents", [])
+        if not item["Key"].endswith("/")  # the server lists folders as markers
+    }
+    assert listed == {*written, "features/dt=2026-12-01/part-0.parquet", "big/blob.bin"}
+    for key, body in written.items():
+        assert client.get_object(Bucket=endpoints.s3_bucket, Key=key)["Body"].read() == body
+    assert client.get_object(Bucket=endpoints.s3_bucket, Key="big/blob.bin")["Body"].read() == big
+    assert pq.read_table(parquet_key, filesystem=s3.pyarrow_filesystem()).equals(table)
+    redis = endpoints.redis_settings().client()
+    assert redis.hgetall("fw:session:durable") == {"n_events": "3"}
+    redis.close()

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from reference.s3_buckets import delete_bucket
+
 # Generous: a run takes 1-2 minutes on a loaded 2-core machine; a hung job fails instead.
 RUN_DEADLINE_S = 420.0
 
@@ -156,7 +158,8 @@ class JobSandbox:
         for page in client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix
         ):
-            keys += [item["Key"] for item in page.get("Contents", [])]
+            # Folder markers ("dir/", written by s3a) are not objects of the job's.
+            keys += [i["Key"] for i in page.get("Contents", []) if not i["Key"].endswith("/")]
         return keys
 
     def put_object(self, key: str, body: bytes) -> None:
@@ -263,11 +266,7 @@ def job_sandbox(
         keys = list(client.scan_iter(match=f"{box.redis_prefix}*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=box.bucket):
-            objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-            if objects:
-                s3.delete_objects(Bucket=box.bucket, Delete={"Objects": objects, "Quiet": True})
-        s3.delete_bucket(Bucket=box.bucket)
+        delete_bucket(s3, box.bucket)
 
 
 class JobRun:
