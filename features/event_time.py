@@ -56,9 +56,15 @@ class PartitionClock:
 
     Each partition's watermark is its highest accepted ``ts_ms`` minus the bound; the
     reader's is the smallest over its partitions, so a backlog read partition by
-    partition does not look out of order. A partition silent for ``idle_ms`` of wall
-    clock (or never heard from that long after the start) holds nothing back. The
-    watermark never goes backwards.
+    partition does not look out of order. The watermark never goes backwards.
+
+    A partition silent for ``idle_ms`` holds nothing back. Silence is measured in Kafka
+    record time when records carry it: the partition's newest record timestamp against
+    the newest of the reader's other partitions (a partition never heard from, against
+    the reader's first record). So a partition whose records simply wait in the fetch
+    queue while the job works through a backlog is not idle, however long that takes on
+    the wall clock; only one that received nothing while the others received ``idle_ms``
+    worth of new records is. Records without a timestamp fall back to the wall clock.
     """
 
     bound_ms: int
@@ -67,6 +73,9 @@ class PartitionClock:
     expected: frozenset[int] = frozenset()
     highest_ts_ms: dict[int, int] = field(default_factory=dict)
     last_seen_wall_ms: dict[int, int] = field(default_factory=dict)
+    last_record_ts_ms: dict[int, int] = field(default_factory=dict)
+    first_record_ts_ms: int | None = None
+    newest_record_ts_ms: int | None = None
     watermark_ms: int = MIN_WATERMARK_MS
 
     @classmethod
@@ -87,19 +96,34 @@ class PartitionClock:
         )
         return cls(bound_ms, idle_ms, now_wall_ms, expected)
 
-    def observe(self, partition: int, ts_ms: int, now_wall_ms: int) -> int:
+    def observe(
+        self, partition: int, ts_ms: int, now_wall_ms: int, record_ts_ms: int | None = None
+    ) -> int:
         """Account one accepted event of ``partition``; the reader's watermark after it."""
         if ts_ms > self.highest_ts_ms.get(partition, MIN_WATERMARK_MS):
             self.highest_ts_ms[partition] = ts_ms
         self.last_seen_wall_ms[partition] = now_wall_ms
+        if record_ts_ms is not None and record_ts_ms >= 0:
+            if record_ts_ms > self.last_record_ts_ms.get(partition, MIN_WATERMARK_MS):
+                self.last_record_ts_ms[partition] = record_ts_ms
+            if self.first_record_ts_ms is None:
+                self.first_record_ts_ms = record_ts_ms
+            if self.newest_record_ts_ms is None or record_ts_ms > self.newest_record_ts_ms:
+                self.newest_record_ts_ms = record_ts_ms
         return self.advance(now_wall_ms)
+
+    def _idle(self, partition: int, now_wall_ms: int) -> bool:
+        if self.newest_record_ts_ms is not None and self.first_record_ts_ms is not None:
+            last = self.last_record_ts_ms.get(partition, self.first_record_ts_ms)
+            return self.newest_record_ts_ms - last >= self.idle_ms
+        last = self.last_seen_wall_ms.get(partition, self.started_wall_ms)
+        return now_wall_ms - last >= self.idle_ms
 
     def advance(self, now_wall_ms: int) -> int:
         """The watermark as of ``now_wall_ms`` (idle partitions no longer hold it back)."""
         lows: list[int] = []
         for partition in self.expected | self.highest_ts_ms.keys():
-            last = self.last_seen_wall_ms.get(partition, self.started_wall_ms)
-            if now_wall_ms - last >= self.idle_ms:
+            if self._idle(partition, now_wall_ms):
                 continue
             highest = self.highest_ts_ms.get(partition)
             if highest is None:

@@ -9,6 +9,7 @@ import select
 import struct
 import subprocess
 import sys
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +57,42 @@ class Embedder:
     def encode_to_bytes(self, texts: Sequence[str]) -> list[bytes]:
         """Like ``encode``, one compact bytes value per text (for Flink state)."""
         return [row.tobytes() for row in self.encode(texts)]
+
+
+class TextVectorCache:
+    """A bounded text -> vector map, least recently used out first.
+
+    Chat traffic repeats itself ("hi", "how much?", "包邮吗"): a vector computed once is
+    reused for every later message with the same text, so the encoder sees each text
+    about once. The same text always gets the same vector from the same model, so a hit
+    changes no result.
+    """
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self._vectors: OrderedDict[str, bytes] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def get(self, text: str) -> bytes | None:
+        vector = self._vectors.get(text)
+        if vector is None:
+            self.misses += 1
+            return None
+        self._vectors.move_to_end(text)
+        self.hits += 1
+        return vector
+
+    def put(self, text: str, vector: bytes) -> None:
+        if self.max_entries <= 0:
+            return
+        self._vectors[text] = vector
+        self._vectors.move_to_end(text)
+        while len(self._vectors) > self.max_entries:
+            self._vectors.popitem(last=False)
 
 
 def array_from_bytes(raw: bytes) -> np.ndarray:

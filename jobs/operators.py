@@ -26,6 +26,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.common.time import Time
 
 from features import tracker
+from jobs.embedding import TextVectorCache
 from features.columns import PARQUET_SCHEMA_FIELDS
 from schemas.dlq import build_dlq_message
 from schemas.events import Event, ParseError, UserMessage, Feedback
@@ -193,8 +194,9 @@ class ParseEvents(ProcessFunction):
         if self._sink is not None:
             self._sink.retry()  # rejections counted while Redis was away
         result = self._parse(raw)
+        record_ts_ms = _epoch_ms(value[4]) if self._clock is not None else None
         if not isinstance(result, ParseError) and self._clock is not None:
-            result = self._future_event(result, _epoch_ms(value[4])) or result
+            result = self._future_event(result, record_ts_ms) or result
         if isinstance(result, ParseError):
             message = build_dlq_message(
                 result, raw, source_topic=topic, source_partition=partition,
@@ -210,7 +212,7 @@ class ParseEvents(ProcessFunction):
         if self._clock is None:
             yield result, position
             return
-        watermark_ms = self._clock.observe(partition or 0, result.ts_ms, _now_ms())
+        watermark_ms = self._clock.observe(partition or 0, result.ts_ms, _now_ms(), record_ts_ms)
         yield result, position, watermark_ms
 
 
@@ -305,6 +307,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.in_flight_ids: list[str] = []
         self.in_flight_texts: list[str] = []
         self.vector_cache: dict[str, bytes] = {}
+        self.text_vectors = TextVectorCache(settings.embedding_cache_entries)
         self.submitted_at_ms = 0
         self.batch_ms = 50.0
         # session_id -> its event-time timers as last synced (saves recomputing them).
@@ -402,6 +405,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.batch_ms += (took_ms - self.batch_ms) / 5  # moving average of a batch's time
         for event_id, text in zip(self.in_flight_ids, self.in_flight_texts, strict=True):
             self.vector_cache[event_id] = by_text[text]
+            self.text_vectors.put(text, by_text[text])
         self.in_flight_ids, self.in_flight_texts = [], []
 
     def _pump_embeddings(self) -> None:
@@ -450,10 +454,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.pending_texts.pop(event.event_id, None)
             missing = [e for e in missing if e.event_id not in self.vector_cache]
             if missing:
-                vectors = self.embedder.encode_to_bytes([e.text for e in missing])
-                self.vector_cache.update(
-                    (e.event_id, v) for e, v in zip(missing, vectors, strict=True)
-                )
+                texts = sorted({e.text for e in missing})
+                for text, vector in zip(texts, self.embedder.encode_to_bytes(texts), strict=True):
+                    self.text_vectors.put(text, vector)
+                for event in missing:
+                    cached = self.text_vectors.get(event.text)
+                    if cached is None:  # a cache of 0 entries keeps nothing
+                        cached = self.embedder.encode_to_bytes([event.text])[0]
+                    self.vector_cache[event.event_id] = cached
             return self._collect_vectors(state, events, force=False)
         return not missing
 
@@ -576,7 +584,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                     event.kind == "rating" and event.rating is not None and event.rating <= 2
                 ):
                     counters["negative_feedback"] = 1
-            if self.embedder is not None and isinstance(event, UserMessage):
+            known = (
+                self.text_vectors.get(event.text)
+                if self.embedder is not None and isinstance(event, UserMessage)
+                else None
+            )
+            if known is not None:
+                self.vector_cache[event.event_id] = known  # a repeated text: no encoding
+            elif self.embedder is not None and isinstance(event, UserMessage):
                 if not self.pending_texts:
                     self.pending_since_ms = _now_ms()
                 self.pending_texts[event.event_id] = event.text

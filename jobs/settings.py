@@ -49,6 +49,9 @@ class FeatureJobSettings(FlywheelSettings):
     # should be back, then again every quarter batch time, but at most this often.
     embedding_max_delay: timedelta = timedelta(milliseconds=100)
     embedding_poll_interval: timedelta = timedelta(milliseconds=10)
+    # Vectors kept per subtask by text (least recently used out first): a repeated text
+    # is not encoded again. 20,000 vectors of 384 floats are about 31 MiB; 0 = no cache.
+    embedding_cache_entries: int = Field(20_000, ge=0)
     # Torch threads of the encoder child; 0 = torch's default (all cores).
     embedding_threads: int = Field(1, ge=0)
 

@@ -45,7 +45,7 @@ def test_watermark_waits_for_every_expected_partition() -> None:
     assert clock.observe(1, 90_000, now_wall_ms=4) == 70_000 - BOUND - 1
 
 
-def test_silent_partitions_stop_holding_back_after_the_idle_timeout() -> None:
+def test_without_record_timestamps_silence_is_wall_clock_time() -> None:
     clock = PartitionClock(BOUND, IDLE, started_wall_ms=0, expected=frozenset({0, 1}))
     assert clock.observe(0, 100_000, now_wall_ms=10) == MIN_WATERMARK_MS
     assert clock.observe(0, 100_000, now_wall_ms=IDLE) == 100_000 - BOUND - 1
@@ -60,3 +60,31 @@ def test_watermark_never_goes_back_and_unexpected_partitions_join() -> None:
     # A new partition behind the others cannot pull the watermark back.
     assert clock.observe(6, 20_000, now_wall_ms=2) == 100_000 - BOUND - 1
     assert clock.observe(5, 90_000, now_wall_ms=3) == 100_000 - BOUND - 1
+
+
+def test_a_partition_waiting_in_the_fetch_queue_is_not_idle_however_long_it_takes() -> None:
+    # A backlog produced within 5 s, read at 250 events/s: partition 1's records come
+    # minutes of wall clock after partition 0's, but in record time they are neighbours.
+    clock = PartitionClock(BOUND, IDLE, started_wall_ms=0, expected=frozenset({0, 1}))
+    sent_ms = 1_700_000_000_000
+    for i in range(100):
+        watermark = clock.observe(0, 100_000 + i * 60_000, i * 4_000, record_ts_ms=sent_ms + i * 50)
+        assert watermark == MIN_WATERMARK_MS  # partition 1 not heard from: wait
+    assert clock.observe(1, 200_000, 10 * IDLE, record_ts_ms=sent_ms + 10) == 200_000 - BOUND - 1
+
+
+def test_a_partition_silent_while_the_others_receive_idle_ms_of_records_is_idle() -> None:
+    clock = PartitionClock(BOUND, IDLE, started_wall_ms=0, expected=frozenset({0, 1}))
+    sent_ms = 1_700_000_000_000
+    clock.observe(1, 50_000, 0, record_ts_ms=sent_ms)
+    assert clock.observe(0, 100_000, 1, record_ts_ms=sent_ms + 1) == 50_000 - BOUND - 1
+    assert clock.observe(0, 300_000, 2, record_ts_ms=sent_ms + IDLE - 1) == 50_000 - BOUND - 1
+    # Partition 1 received nothing for IDLE ms of partition 0's record time.
+    assert clock.observe(0, 400_000, 3, record_ts_ms=sent_ms + IDLE) == 400_000 - BOUND - 1
+
+
+def test_a_partition_never_heard_from_is_idle_after_idle_ms_of_record_time() -> None:
+    clock = PartitionClock(BOUND, IDLE, started_wall_ms=0, expected=frozenset({0, 1}))
+    sent_ms = 1_700_000_000_000
+    assert clock.observe(0, 100_000, 10 * IDLE, record_ts_ms=sent_ms) == MIN_WATERMARK_MS
+    assert clock.observe(0, 200_000, 10 * IDLE, record_ts_ms=sent_ms + IDLE) == 200_000 - BOUND - 1

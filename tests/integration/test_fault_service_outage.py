@@ -1,13 +1,19 @@
-"""Fault: the stack's S3 server is stopped for 60 s while the job runs, then started again.
+"""Faults: the stack's S3 server stopped 60 s, or its Kafka broker restarted, mid-run.
 
-Parquet and the checkpoints both live on that server. While it is away checkpoints fail
-(more than ``tolerable_failed_checkpoints`` of them, so the job fails over and Flink
+S3: Parquet and the checkpoints both live on that server. While it is away checkpoints
+fail (more than ``tolerable_failed_checkpoints`` of them, so the job fails over and Flink
 retries the restore until S3 answers); once it is back the job restores its newest
-completed checkpoint and catches up. After it every closed session is in Parquet and on
-the flagged topic exactly once, equal to an independent computation of the contract, the
+completed checkpoint and catches up. The server keeps its objects on disk, so nothing
+written before the outage is lost.
+
+Kafka: the broker is stopped and started again (its log on disk). The source and the
+transactional flagged and dead-letter sinks fail; the job restarts from its last
+checkpoint; open transactions are aborted and written again.
+
+After either, every closed session is in Parquet and on the flagged topic (read
+committed) exactly once, equal to an independent computation of the contract, the
 dead-letter topic holds exactly the rejected events once each, and the counters equal the
-true counts. The server keeps its objects on disk, so nothing written before the outage
-is lost.
+true counts.
 """
 
 from __future__ import annotations
@@ -27,15 +33,16 @@ from reference.job_harness import job_sandbox, running_job
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
 
 SESSIONS = 1_000
-OUTAGE_S = 60
+OUTAGE_S = {"s3": 60, "kafka": 20}
 
 
-def _s3_pid(stack: Any) -> int:
-    return int(stack.read_state()["services"]["s3"]["pid"])
+def _pid(stack: Any, service: str) -> int:
+    return int(stack.read_state()["services"][service]["pid"])
 
 
-def test_s3_outage_costs_a_restore_never_data(
-    stack_endpoints: Any, kafka_admin: Any, tmp_path: Path
+@pytest.mark.parametrize("service", ["s3", "kafka"])
+def test_a_service_outage_costs_a_restore_never_data(
+    stack_endpoints: Any, kafka_admin: Any, tmp_path: Path, service: str
 ) -> None:
     from deploy import procs
     from deploy.settings import StackSettings
@@ -46,7 +53,8 @@ def test_s3_outage_costs_a_restore_never_data(
     stack = Stack(StackSettings(state_dir=Path(stack_endpoints.state_dir)))
     stream = generate_stream(SESSIONS, seed=2020, span_ms=3 * 3600 * 1000)
     reference = compute_reference(stream.events)
-    with job_sandbox(stack_endpoints, kafka_admin, tmp_path, "s3-out", partitions=3) as box:
+    outage_s = OUTAGE_S[service]
+    with job_sandbox(stack_endpoints, kafka_admin, tmp_path, f"{service}-out", partitions=3) as box:
         half = len(stream.deliveries) // 2
         positions = box.produce((d.key, d.raw) for d in stream.deliveries[:half])
         checkpoints = f"s3://{box.bucket}/checkpoints"
@@ -64,17 +72,20 @@ def test_s3_outage_costs_a_restore_never_data(
                 "a completed checkpoint and committed Parquet on S3",
             )
             before = len(box.parquet_rows("flywheel/session_features"))
-            pid = _s3_pid(stack)
+            if service == "s3":  # the rest of the stream waits in Kafka meanwhile
+                positions += box.produce((d.key, d.raw) for d in stream.deliveries[half:])
+            pid = _pid(stack, service)
             os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 30
             while procs.is_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            assert not procs.is_alive(pid), "the S3 server did not stop"
+            assert not procs.is_alive(pid), f"{service} did not stop"
             stopped_at = time.monotonic()
-            positions += box.produce((d.key, d.raw) for d in stream.deliveries[half:])
-            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
-            stack.up()  # the same port, the same objects on disk
+            time.sleep(max(0.0, outage_s - (time.monotonic() - stopped_at)))
+            stack.up()  # the same port, the same data on disk
             back_at = time.monotonic()
+            if service == "kafka":
+                positions += box.produce((d.key, d.raw) for d in stream.deliveries[half:])
             run.wait_for(
                 lambda: len(box.parquet_rows("flywheel/session_features")) > before,
                 "new Parquet output after S3 came back",
@@ -88,7 +99,7 @@ def test_s3_outage_costs_a_restore_never_data(
         duplicated = sum(n - 1 for n in keys.values())
         lost = len(set(reference.rows) - set(keys))
         print(
-            f"S3 outage {OUTAGE_S} s: S3 back -> first new committed Parquet {recovery_s:.1f} s; "
+            f"{service} down {outage_s} s: back -> first new committed Parquet {recovery_s:.1f} s; "
             f"{lost} sessions lost, {duplicated} duplicated"
         )
         assert duplicated == 0 and lost == 0
