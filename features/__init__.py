@@ -14,7 +14,12 @@ from features.config import DEFAULT_CORRECTION_MARKERS, FeatureConfig
 from features.flagged import build_flagged_message, fit_flagged_message, message_size_bytes
 from features.rules import Rule, RuleError, RuleSet
 from features.sessions import dedup_and_order, order_key, split_ordered, split_sessions
-from features.text import CorrectionMatcher, has_correction_marker, normalize_text
+from features.text import (
+    CorrectionMatcher,
+    has_correction_marker,
+    model_cannot_read,
+    normalize_text,
+)
 
 __all__ = [
     "COLUMN_TYPES",
@@ -34,6 +39,7 @@ __all__ = [
     "dedup_and_order",
     "has_correction_marker",
     "message_size_bytes",
+    "model_cannot_read",
     "normalize_text",
     "order_key",
     "split_ordered",

@@ -1,10 +1,10 @@
-"""Text rules of contract section 3: normalized text and correction markers."""
+"""Text rules of contract section 3: normalized text, correction markers, unreadable texts."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 # Per code point: is it dropped by normalization? Filled lazily (texts reuse few code points).
@@ -86,3 +86,15 @@ def correction_matcher(markers: tuple[str, ...]) -> CorrectionMatcher:
 def has_correction_marker(text: str, markers: tuple[str, ...]) -> bool:
     """Whether `text` holds one of `markers` (see `CorrectionMatcher`)."""
     return correction_matcher(markers).matches(text)
+
+
+def model_cannot_read(word_pieces: Sequence[str], unknown_token: str) -> bool:
+    """Whether more than half of a text's word pieces are the tokenizer's unknown token.
+
+    Contract section 3: such a text (most Chinese text for the English-only default
+    model, which reads "请问这个多少钱" as seven ``[UNK]``) takes part in no embedding
+    comparison. ``word_pieces`` are the whole text's, without special tokens and without
+    truncation; an empty text has none, so it is readable (and exactly half is too).
+    """
+    unknown = sum(piece == unknown_token for piece in word_pieces)
+    return 2 * unknown > len(word_pieces)

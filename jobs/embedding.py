@@ -41,18 +41,36 @@ class Embedder:
         self.batch_size = batch_size
         self._model = SentenceTransformer(str(self.model_path), device="cpu", local_files_only=True)
 
+    def unreadable(self, texts: Sequence[str]) -> list[bool]:
+        """Per text: whether the model cannot read it (``features.model_cannot_read``)."""
+        from features import model_cannot_read
+
+        tokenizer = self._model.tokenizer
+        unknown = getattr(tokenizer, "unk_token", None)
+        if unknown is None:  # a tokenizer without an unknown token reads everything
+            return [False] * len(texts)
+        return [model_cannot_read(tokenizer.tokenize(text), unknown) for text in texts]
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for ``texts`` (rows L2-normalized), as one float32 array."""
+        """Vectors for ``texts`` (rows L2-normalized), as one float32 array.
+
+        The row of a text the model cannot read is NaN (``is_unreadable``): it takes part
+        in no embedding comparison (contract section 3).
+        """
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        vectors = np.asarray(
+            self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ),
+            dtype=np.float32,
         )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors[np.asarray(self.unreadable(texts), dtype=bool)] = np.nan
+        return vectors
 
     def encode_to_bytes(self, texts: Sequence[str]) -> list[bytes]:
         """Like ``encode``, one compact bytes value per text (for Flink state)."""
@@ -93,6 +111,11 @@ class TextVectorCache:
         self._vectors.move_to_end(text)
         while len(self._vectors) > self.max_entries:
             self._vectors.popitem(last=False)
+
+
+def is_unreadable(vector: np.ndarray) -> bool:
+    """Whether ``vector`` is ``Embedder.encode``'s mark of a text the model cannot read."""
+    return bool(vector.size) and bool(np.isnan(vector[0]))
 
 
 def array_from_bytes(raw: bytes) -> np.ndarray:

@@ -422,11 +422,18 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             len(self.pending_texts) >= self.embed_batch
             or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
         ):
+            for event_id, text in list(self.pending_texts.items()):
+                known = self.text_vectors.get(text)  # encoded since it was queued
+                if known is not None:
+                    self.vector_cache[event_id] = known
+                    del self.pending_texts[event_id]
             self.in_flight_ids = list(self.pending_texts)
             self.in_flight_texts = [self.pending_texts[i] for i in self.in_flight_ids]
             self.pending_texts.clear()
-            self.embedder.submit(self.in_flight_texts)
-            self.submitted_at_ms = _now_ms()
+            if self.in_flight_ids:
+                # Each distinct text once: chat repeats itself within a batch too.
+                self.embedder.submit(list(dict.fromkeys(self.in_flight_texts)))
+                self.submitted_at_ms = _now_ms()
 
     def _missing_vectors(self, state: tracker.TrackerState, events: list[Event]) -> list[UserMessage]:
         return [
@@ -468,15 +475,17 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def _embeddings(self, state: tracker.TrackerState, events: list[Event]) -> Any:
         if self.embedder is None:
             return None
-        from jobs.embedding import array_from_bytes
+        from jobs.embedding import array_from_bytes, is_unreadable
 
         # numpy arrays: features' similarity uses their dot product (a Python loop over
-        # 384 floats per pair took a tenth of the operator's time).
-        return {
+        # 384 floats per pair took a tenth of the operator's time). A text the model
+        # cannot read gets no vector: only normalized equality counts for it.
+        vectors = {
             e.event_id: array_from_bytes(state.vectors[e.event_id])
             for e in events
             if isinstance(e, UserMessage) and e.event_id in state.vectors
         }
+        return {event_id: v for event_id, v in vectors.items() if not is_unreadable(v)}
 
     def _compute(self, state: tracker.TrackerState, events: list[Event], as_of_ms: int | None) -> Any:
         from features import compute_features

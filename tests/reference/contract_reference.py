@@ -468,7 +468,17 @@ class ModelSimilarity:
         )
         self._vectors.update(zip(todo, vectors, strict=False))
 
+    def readable(self, text: str) -> bool:
+        """Contract section 3: at most half of the text's word pieces are [UNK]."""
+        tokenizer = self._model.tokenizer
+        pieces = tokenizer.tokenize(text)
+        unknown = len([p for p in pieces if p == tokenizer.unk_token])
+        return unknown <= len(pieces) / 2
+
     def __call__(self, a: str, b: str) -> float:
+        """The cosine; minus infinity (never similar) when the model cannot read a text."""
+        if not (self.readable(a) and self.readable(b)):
+            return float("-inf")
         self.prepare((a, b))
         return float(self._vectors[a].astype("float64") @ self._vectors[b].astype("float64"))
 

@@ -458,11 +458,25 @@ def _lookback_session(rng: random.Random, s: _Session) -> None:
     s.assistant(rng.randint(500, 3_000), model_version=None)
 
 
+def _paraphrase_session(rng: random.Random, s: _Session) -> None:
+    """A question asked again in other words: a repeat only the embedding can see.
+
+    English only: the default model cannot read most Chinese text (contract section 3),
+    so Chinese repeats count only when their normalized texts are equal.
+    """
+    first, again = rng.choice(PARAPHRASES)
+    s.user(first, 1_000)
+    s.assistant(rng.randint(500, 5_000))
+    s.user(again, rng.randint(3_000, 60_000))
+    s.assistant(rng.randint(500, 5_000))
+
+
 BEHAVIOURS = [
-    (_chat_session, 62),
+    (_chat_session, 60),
     (_browse_session, 28),
     (_stuck_session, 6),
     (_lookback_session, 4),
+    (_paraphrase_session, 2),
 ]
 
 
