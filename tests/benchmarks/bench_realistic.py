@@ -58,6 +58,40 @@ def tree_rss_mb(root_pid: int) -> float:
     return total / 2**20
 
 
+def tree_cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``root_pid``'s tree, by kind of process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        command = b" ".join(argv).decode("utf-8", "replace")
+        if "jobs.embedding" in command:
+            kind = "encoder child (Python, torch)"
+        elif Path(argv[0].decode("utf-8", "replace")).name == "java":
+            kind = "JVM (Flink, Kafka client, Python operators in thread mode)"
+        else:
+            kind = "other (this benchmark's Python, Beam workers)"
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    totals: dict[str, float] = {}
+    stack = [root_pid]
+    while stack:
+        pid = stack.pop()
+        if pid in cpu:
+            kind, seconds = cpu[pid]
+            totals[kind] = totals.get(kind, 0.0) + seconds
+        stack.extend(children.get(pid, []))
+    return totals
+
+
 class PeakMemory:
     """Samples a process tree's RSS every 0.5 s in a thread; ``peak_mb`` once stopped."""
 
@@ -117,6 +151,7 @@ def run_job(ctx, redis, prefix: str, sessions: int, records: int) -> dict[str, f
     from jobs.streaming import build_streaming_job
 
     memory = PeakMemory(os.getpid(), exclude_self_baseline_mb=tree_rss_mb(os.getpid()))
+    cpu_before = tree_cpu_seconds(os.getpid())
     submitted = time.perf_counter()
     env, _ = build_streaming_job(ctx)
     client = env.execute_async("bench-realistic")
@@ -140,6 +175,10 @@ def run_job(ctx, redis, prefix: str, sessions: int, records: int) -> dict[str, f
                 break
             time.sleep(0.2)
         done = changed_at if closed < sessions else time.perf_counter()
+        # Where the CPU went (the job's processes only live until the cancel below).
+        for kind, seconds in sorted(tree_cpu_seconds(os.getpid()).items()):
+            seconds -= cpu_before.get(kind, 0.0)
+            print(f"  job CPU: {seconds:6.1f} s in {kind}")
     finally:
         client.cancel().result()
         peak = memory.stop()
