@@ -181,11 +181,14 @@ def test_down_then_up_keeps_every_s3_object_and_redis_key(state_dir: Path) -> No
 
     from deploy.stack import StackEndpoints
 
-    first = _flywheel("stack", "up", "--state-dir", str(state_dir), "--json")
-    assert first.returncode == 0, first.stderr
-    endpoints = StackEndpoints.from_mapping(json.loads(first.stdout))
-    s3 = endpoints.s3_settings()
-    client = s3.boto3_client()
+    def up() -> tuple[StackEndpoints, Any, Any]:
+        started = _flywheel("stack", "up", "--state-dir", str(state_dir), "--json")
+        assert started.returncode == 0, started.stderr
+        endpoints = StackEndpoints.from_mapping(json.loads(started.stdout))
+        s3 = endpoints.s3_settings()
+        return endpoints, s3, s3.boto3_client()
+
+    endpoints, s3, client = up()
     written = {
         "registry/intent/versions/v0001/manifest.json": b'{"version": "v0001"}',
         "pool/samples/dt=2026-12-01/part-0.jsonl": "请问这个多少钱\n".encode(),
@@ -214,11 +217,7 @@ def test_down_then_up_keeps_every_s3_object_and_redis_key(state_dir: Path) -> No
     assert down.returncode == 0, down.stderr
     assert _processes_of_state_dir(state_dir) == []
 
-    again = _flywheel("stack", "up", "--state-dir", str(state_dir), "--json")
-    assert again.returncode == 0, again.stderr
-    endpoints = StackEndpoints.from_mapping(json.loads(again.stdout))
-    s3 = endpoints.s3_settings()
-    client = s3.boto3_client()
+    endpoints, s3, client = up()
     listed = {
         item["Key"]
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=endpoints.s3_bucket)
