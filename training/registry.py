@@ -72,6 +72,8 @@ class Pointers:
     canary_share: float = 0.10
     updated_ms: int = 0
     stable_history: list[str] = field(default_factory=list)
+    # Stable's fw:model counters when the canary started: rollback compares the same window.
+    canary_since: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +86,7 @@ class Pointers:
             canary_share=float(payload.get("canary_share", 0.10)),
             updated_ms=int(payload.get("updated_ms", 0)),
             stable_history=list(payload.get("stable_history") or []),
+            canary_since=dict(payload["canary_since"]) if payload.get("canary_since") else None,
         )
 
 
@@ -337,7 +340,13 @@ class Registry:
         if to == CANARY:
             if version == current.stable:
                 raise RegistryError(f"{version} is already the stable version")
-            updated = Pointers(**{**current.to_dict(), "canary": version})
+            updated = Pointers(
+                **{
+                    **current.to_dict(),
+                    "canary": version,
+                    "canary_since": self._stable_counts(current),
+                }
+            )
         else:
             history = list(current.stable_history)
             if current.stable and current.stable != version:
@@ -360,6 +369,15 @@ class Registry:
                 "reason": reason,
             },
         )
+
+    def _stable_counts(self, pointers: Pointers) -> dict[str, int] | None:
+        """Stable's session counters now (None without Redis or a stable version)."""
+        if self.redis is None or not pointers.stable:
+            return None
+        from training.online import model_key, read_hash_ints
+
+        key = model_key(self.redis_prefix, pointers.stable)
+        return read_hash_ints(self.redis, key, ("sessions", "negative_sessions"))
 
     def rollback(self, which: str = CANARY, *, reason: str = "") -> Pointers:
         """Canary: stop serving it. Stable: restore the previous stable version."""

@@ -151,9 +151,12 @@ class RetrainConfig(_Section):
 class RollbackConfig(_Section):
     """Automatic canary rollback."""
 
-    # Roll back when the canary's negative-session rate exceeds stable's by this much ...
-    negative_rate_margin: float = Field(default=0.05, ge=0, le=1)
-    # ... once the canary has served at least this many closed sessions.
+    # The sequential test's chance of rolling back a canary that is no worse, over all
+    # checks however many (training/rollback.py) ...
+    false_alarm_rate: float = Field(default=0.05, gt=0, lt=1)
+    # ... the difference in negative-session rate worth catching quickly (its scale) ...
+    min_difference: float = Field(default=0.05, gt=0, le=1)
+    # ... and no decision before the canary has served this many closed sessions.
     min_canary_sessions: int = Field(default=100, ge=1)
 
 

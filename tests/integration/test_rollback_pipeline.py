@@ -255,16 +255,18 @@ def test_job_counts_closed_sessions_per_served_version(run: PipelineRun) -> None
 
 def test_worse_canary_is_rolled_back(run: PipelineRun) -> None:
     registry, redis, prefix = run.registries["intent"], run.box.redis(), run.box.redis_prefix
-    config = RollbackConfig(negative_rate_margin=MARGIN, min_canary_sessions=MIN_CANARY_SESSIONS)
+    config = RollbackConfig(min_canary_sessions=MIN_CANARY_SESSIONS)
     assert registry.pointers().canary == "intent-v2"
 
+    canary_since = registry.pointers().canary_since
     decision = check_canary(registry, redis, config, prefix)
 
     assert decision.action == "rollback", decision.reason
     assert decision.canary is not None and decision.stable is not None
     assert decision.canary.sessions == run.counters["intent-v2"]["sessions"]
     assert decision.canary.negative_sessions == run.counters["intent-v2"]["negative_sessions"]
-    assert decision.stable == read_outcomes(redis, prefix, "intent-v1")
+    # Stable over the same window: its sessions since the canary started.
+    assert decision.stable == read_outcomes(redis, prefix, "intent-v1").since(canary_since)
     pointers = registry.pointers()
     assert (pointers.stable, pointers.canary) == ("intent-v1", None)
     assert redis.hget(registry_key(prefix), "canary") == ""
@@ -275,9 +277,13 @@ def test_worse_canary_is_rolled_back(run: PipelineRun) -> None:
     assert logged["version"] == "intent-v2"
     assert logged["canary"]["sessions"] == run.counters["intent-v2"]["sessions"]
     # The log keeps rates to six decimals.
-    for role, version in (("canary", "intent-v2"), ("stable", "intent-v1")):
-        rate = _rate(run.counters[version])
-        assert logged[role]["negative_rate"] == pytest.approx(rate, abs=1e-6)
+    assert logged["canary"]["negative_rate"] == pytest.approx(
+        _rate(run.counters["intent-v2"]), abs=1e-6
+    )
+    assert logged["stable"]["negative_rate"] == pytest.approx(
+        decision.stable.negative_rate, abs=1e-6
+    )
+    assert logged["test"]["log_statistic"] >= logged["test"]["log_threshold"]
     s3_log = registry.decisions()
     assert [d["action"] for d in s3_log][-2:] == ["rollback_canary", "auto_rollback"]
     assert s3_log[-1] == logged
@@ -293,9 +299,9 @@ def test_canary_no_worse_than_stable_is_kept(run: PipelineRun) -> None:
     canary_sessions = run.counters["intent-fr-v2"]["sessions"]
     log_before = redis.lrange(registry_log_key(prefix, "intent-fr"), 0, -1)
 
-    young = RollbackConfig(negative_rate_margin=MARGIN, min_canary_sessions=canary_sessions + 1)
+    young = RollbackConfig(min_canary_sessions=canary_sessions + 1)
     assert check_canary(registry, redis, young, prefix).action == "wait"
-    config = RollbackConfig(negative_rate_margin=MARGIN, min_canary_sessions=MIN_CANARY_SESSIONS)
+    config = RollbackConfig(min_canary_sessions=MIN_CANARY_SESSIONS)
     decision = check_canary(registry, redis, config, prefix)
 
     assert decision.action == "keep", decision.reason

@@ -19,7 +19,7 @@ from training.testing import tiny_bert
 
 pytestmark = pytest.mark.integration
 
-CONFIG = RollbackConfig(negative_rate_margin=0.05, min_canary_sessions=100)
+CONFIG = RollbackConfig(min_canary_sessions=100)
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_router_buckets_are_deterministic_and_match_the_share() -> None:
 
 
 def test_rollback_rule() -> None:
-    config = RollbackConfig(negative_rate_margin=0.05, min_canary_sessions=100)
+    config = RollbackConfig(min_canary_sessions=100)
     stable = ModelOutcomes(version="intent-v1", sessions=5000, negative_sessions=500)  # 10 %
     worse = ModelOutcomes(version="intent-v2", sessions=200, negative_sessions=40)  # 20 %
     fine = ModelOutcomes(version="intent-v2", sessions=200, negative_sessions=28)  # 14 %
@@ -174,5 +174,43 @@ def test_rollback_rule() -> None:
     assert decide(stable, worse, config).action == "rollback"
     assert decide(stable, fine, config).action == "keep"
     assert decide(stable, early, config).action == "wait"
-    assert decide(stable, worse, RollbackConfig(negative_rate_margin=0.2)).action == "keep"
-    assert decide(stable, worse, config).to_dict()["canary"]["negative_rate"] == 0.2
+    # A stricter false-alarm rate needs more evidence than 200 sessions at 20 % vs 10 %.
+    strict = RollbackConfig(false_alarm_rate=1e-12, min_canary_sessions=100)
+    assert decide(stable, worse, strict).action == "keep"
+    logged = decide(stable, worse, config).to_dict()
+    assert logged["canary"]["negative_rate"] == 0.2
+    assert logged["test"]["log_statistic"] >= logged["test"]["log_threshold"] > 0
+    assert logged["test"]["difference"] == pytest.approx(0.1)
+
+
+def _simulate(p_stable: float, p_canary: float, canary_sessions: int, seed: int) -> int | None:
+    """Canary sessions at the first rollback (None: never), checked every 20 of them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    config = RollbackConfig()  # the defaults: false-alarm rate 5 %, min_canary_sessions 100
+    stable_n = stable_x = canary_n = canary_x = 0
+    while canary_n < canary_sessions:
+        # A 10 % canary share: 180 stable sessions for every 20 on the canary.
+        stable_n, stable_x = stable_n + 180, stable_x + int(rng.binomial(180, p_stable))
+        canary_n, canary_x = canary_n + 20, canary_x + int(rng.binomial(20, p_canary))
+        decision = decide(
+            ModelOutcomes(version="s", sessions=stable_n, negative_sessions=stable_x),
+            ModelOutcomes(version="c", sessions=canary_n, negative_sessions=canary_x),
+            config,
+        )
+        if decision.action == "rollback":
+            return canary_n
+    return None
+
+
+def test_a_canary_ten_points_worse_is_rolled_back_within_400_sessions() -> None:
+    runs = [_simulate(0.20, 0.30, 400, seed) for seed in range(400)]
+    caught = sum(r is not None for r in runs) / len(runs)
+    assert caught >= 0.95, caught
+
+
+def test_an_equal_canary_checked_every_20_sessions_is_rarely_rolled_back() -> None:
+    runs = [_simulate(0.20, 0.20, 2_000, 10_000 + seed) for seed in range(400)]
+    false_alarms = sum(r is not None for r in runs) / len(runs)
+    assert false_alarms <= 0.05, false_alarms
