@@ -26,8 +26,8 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.common.time import Time
 
 from features import tracker
-from jobs.embedding import TextVectorCache
 from features.columns import PARQUET_SCHEMA_FIELDS
+from jobs.embedding import TextVectorCache
 from schemas.dlq import build_dlq_message
 from schemas.events import Event, ParseError, UserMessage, Feedback
 
@@ -461,14 +461,12 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.pending_texts.pop(event.event_id, None)
             missing = [e for e in missing if e.event_id not in self.vector_cache]
             if missing:
-                texts = sorted({e.text for e in missing})
-                for text, vector in zip(texts, self.embedder.encode_to_bytes(texts), strict=True):
+                texts = sorted({e.text for e in missing})  # each distinct text once
+                by_text = dict(zip(texts, self.embedder.encode_to_bytes(texts), strict=True))
+                for text, vector in by_text.items():
                     self.text_vectors.put(text, vector)
                 for event in missing:
-                    cached = self.text_vectors.get(event.text)
-                    if cached is None:  # a cache of 0 entries keeps nothing
-                        cached = self.embedder.encode_to_bytes([event.text])[0]
-                    self.vector_cache[event.event_id] = cached
+                    self.vector_cache[event.event_id] = by_text[event.text]
             return self._collect_vectors(state, events, force=False)
         return not missing
 
