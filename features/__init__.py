@@ -11,7 +11,13 @@ from features.columns import (
 )
 from features.compute import SessionFeatures, compute_features
 from features.config import DEFAULT_CORRECTION_MARKERS, FeatureConfig
-from features.flagged import build_flagged_message, fit_flagged_message, message_size_bytes
+from features.flagged import (
+    build_flagged_message,
+    fit_flagged_message,
+    message_size_bytes,
+    redact_flagged_message,
+)
+from features.redaction import DEFAULT_REDACTOR, PLACEHOLDERS, Finding, Redactor
 from features.rules import Rule, RuleError, RuleSet
 from features.sessions import dedup_and_order, order_key, split_ordered, split_sessions
 from features.text import (
@@ -24,11 +30,15 @@ from features.text import (
 __all__ = [
     "COLUMN_TYPES",
     "DEFAULT_CORRECTION_MARKERS",
+    "DEFAULT_REDACTOR",
     "FEATURE_COLUMNS",
     "NULLABLE_COLUMNS",
     "PARQUET_SCHEMA_FIELDS",
+    "PLACEHOLDERS",
     "CorrectionMatcher",
     "FeatureConfig",
+    "Finding",
+    "Redactor",
     "Rule",
     "RuleError",
     "RuleSet",
@@ -42,6 +52,7 @@ __all__ = [
     "model_cannot_read",
     "normalize_text",
     "order_key",
+    "redact_flagged_message",
     "split_ordered",
     "split_sessions",
 ]

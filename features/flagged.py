@@ -7,16 +7,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from features.compute import SessionFeatures
+from features.redaction import DEFAULT_REDACTOR, Redactor
 from features.sessions import dedup_and_order
 from schemas.events import AssistantMessage, Event, Feedback, UserMessage
 
 
-def build_flagged_message(events: Iterable[Event], features: SessionFeatures) -> dict[str, Any]:
+def build_flagged_message(
+    events: Iterable[Event], features: SessionFeatures, redactor: Redactor = DEFAULT_REDACTOR
+) -> dict[str, Any]:
     """The JSON-ready message for topic flywheel.flagged.
 
     Only events of the session (its session_id, ts_ms within [start, end]) are used, so
-    the caller may pass every event it holds for the session_id.
+    the caller may pass every event it holds for the session_id. Texts are redacted
+    (contract section 6); the features were computed on the texts as sent.
     """
+    redact = redactor.redact
     transcript: list[dict[str, Any]] = []
     feedback: list[dict[str, Any]] = []
     for event in dedup_and_order(events):
@@ -29,7 +34,7 @@ def build_flagged_message(events: Iterable[Event], features: SessionFeatures) ->
                 {
                     "ts_ms": event.ts_ms,
                     "role": "user",
-                    "text": event.text,
+                    "text": redact(event.text),
                     "request_id": event.request_id,
                     "predicted_intent": event.predicted_intent,
                     "intent_confidence": event.intent_confidence,
@@ -40,7 +45,7 @@ def build_flagged_message(events: Iterable[Event], features: SessionFeatures) ->
                 {
                     "ts_ms": event.ts_ms,
                     "role": "assistant",
-                    "text": event.text,
+                    "text": redact(event.text),
                     "request_id": event.request_id,
                     "predicted_intent": None,
                     "intent_confidence": None,
@@ -52,7 +57,7 @@ def build_flagged_message(events: Iterable[Event], features: SessionFeatures) ->
                     "request_id": event.request_id,
                     "kind": event.kind,
                     "rating": event.rating,
-                    "corrected_text": event.corrected_text,
+                    "corrected_text": redactor.redact_optional(event.corrected_text),
                     "corrected_intent": event.corrected_intent,
                 }
             )
@@ -67,6 +72,29 @@ def build_flagged_message(events: Iterable[Event], features: SessionFeatures) ->
         "transcript": transcript,
         "feedback": feedback,
     }
+
+
+def redact_flagged_message(
+    message: dict[str, Any], redactor: Redactor = DEFAULT_REDACTOR
+) -> dict[str, Any]:
+    """``message`` with its transcript texts and corrected texts redacted (section 6).
+
+    For copies made from a message that came from elsewhere (the pool reads the flagged
+    topic); redacting an already redacted text changes nothing. Entries of unexpected
+    shape are left as they are for the message's validator to judge.
+    """
+
+    def entry(item: Any, field: str) -> Any:
+        if isinstance(item, dict) and isinstance(item.get(field), str):
+            return {**item, field: redactor.redact(item[field])}
+        return item
+
+    out = dict(message)
+    if isinstance(message.get("transcript"), list):
+        out["transcript"] = [entry(e, "text") for e in message["transcript"]]
+    if isinstance(message.get("feedback"), list):
+        out["feedback"] = [entry(f, "corrected_text") for f in message["feedback"]]
+    return out
 
 
 def message_size_bytes(message: dict[str, Any]) -> int:

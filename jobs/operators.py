@@ -267,6 +267,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         settings = FeatureJobSettings.model_validate_json(self._settings_json)
         self.config = settings.feature_config()
         self.rules = settings.rule_set()
+        self.redactor = settings.redactor()
         self.gap_ms = self.config.session_gap_ms
         self.flagged_max_bytes = settings.flagged_max_message_bytes
         self.bound_ms = self.config.max_out_of_order_ms
@@ -532,7 +533,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
             if row["flagged"]:
                 message = fit_flagged_message(
-                    build_flagged_message(session, feats), self.flagged_max_bytes
+                    build_flagged_message(session, feats, self.redactor), self.flagged_max_bytes
                 )
                 yield FLAGGED_TAG, Row(row["session_id"], json.dumps(message, ensure_ascii=False))
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+
+if TYPE_CHECKING:
+    from features.redaction import Redactor
 
 from connectors.settings import FlywheelSettings
 
@@ -39,6 +42,9 @@ class FeatureJobSettings(FlywheelSettings):
     low_confidence: float = Field(0.6, ge=0.0, le=1.0)
     slow_response_ms: int = Field(15_000, ge=0)
     rules_path: Path | None = None
+    # Regexes whose matches are personal data too (redacted as <ID> in every text that
+    # leaves the job, contract section 6), beside the kinds the contract names.
+    redact_patterns: tuple[str, ...] = ()
 
     # Embeddings for repeated questions.
     embedding_enabled: bool = True
@@ -97,6 +103,20 @@ class FeatureJobSettings(FlywheelSettings):
         if value <= timedelta(0):
             raise ValueError("must be a positive duration")
         return value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from features.redaction import Redactor
+
+        Redactor(value)  # names the pattern that does not compile
+        return value
+
+    def redactor(self) -> Redactor:
+        """The redaction of texts that leave the job (contract section 6)."""
+        from features.redaction import Redactor
+
+        return Redactor(self.redact_patterns)
 
     @field_validator("flagged_transaction_timeout")
     @classmethod

@@ -258,12 +258,20 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 def write_training_data(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write the exact training rows as Parquet; return their sha256 fingerprint."""
+    """Write the exact training rows as Parquet; return their sha256 fingerprint.
+
+    Texts are redacted once more on their way out (contract section 6): pool texts already
+    are, and synthetic texts hold no personal data, so the fingerprint is that of the rows.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from features.redaction import DEFAULT_REDACTOR
+
     columns = ["text", "label", "origin", "slice", "session_id", "request_id", "quality", "split"]
     table = pa.table({c: [str(r.get(c, "") or "") for r in rows] for c in columns})
+    texts = [DEFAULT_REDACTOR.redact(t) for t in table.column("text").to_pylist()]
+    table = table.set_column(0, "text", pa.array(texts, pa.string()))
     pq.write_table(table, path)
     return dataset_sha256(rows)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from features.redaction import DEFAULT_REDACTOR
 from training.data import QUALITY_REVIEW, PoolSample
 from training.errors import LabelImportError
 
@@ -47,7 +48,7 @@ def to_task(sample: PoolSample) -> dict[str, Any]:
     ids = {"session_id": sample.session_id, "request_id": sample.request_id}
     task: dict[str, Any] = {
         "data": {
-            "text": sample.text,
+            "text": DEFAULT_REDACTOR.redact(sample.text),
             **ids,
             "predicted_intent": sample.predicted_intent,
             "confidence": sample.confidence,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.settings import KafkaSettings, S3Settings
+from features.flagged import redact_flagged_message
 from training.data import (
     EditPair,
     PoolSample,
@@ -185,7 +186,15 @@ class PoolStore:
         return keys
 
     def write_human_labels(self, rows: Sequence[Mapping[str, Any]]) -> str:
-        """Write imported labels; the object name is the hash of its content."""
+        """Write imported labels (texts redacted); the object name is the hash of its content."""
+        from features.redaction import DEFAULT_REDACTOR
+
+        rows = [
+            {**r, "text": DEFAULT_REDACTOR.redact(r["text"])}
+            if isinstance(r.get("text"), str)
+            else dict(r)
+            for r in rows
+        ]
         digest = hashlib.sha256(
             json.dumps([dict(r) for r in rows], sort_keys=True).encode("utf-8")
         ).hexdigest()[:16]
@@ -319,6 +328,9 @@ class PoolConsumer:
         self._known: set[tuple[str, str]] = set()
         self._consumer: Any = None
         self._report = ConsumeReport()
+        from features.redaction import Redactor
+
+        self.redactor = Redactor(config.redact_patterns)
 
     def consumer_config(self) -> dict[str, Any]:
         return {
@@ -433,13 +445,13 @@ class PoolConsumer:
                         "source_topic": topic,
                         "source_partition": partition,
                         "source_offset": offset,
-                        "raw": raw,
+                        "raw": self.redactor.redact(raw),
                         "rejected_at_ms": now,
                     }
                 )
                 continue
             extracted = extract_samples(
-                message,
+                redact_flagged_message(message, self.redactor),
                 self.config,
                 self.labels,
                 source=SourcePosition(topic=topic, partition=partition, offset=offset),

@@ -42,6 +42,18 @@ class PoolConfig(_Section):
     eval_share: float = Field(default=0.2, ge=0.0, lt=1.0)
     # Turns of dialogue before an edited response kept as its prompt (causal-LM task).
     edit_context_turns: int = Field(default=4, ge=1)
+    # Regexes of personal data redacted as <ID> in every text the pool keeps, beside the
+    # kinds of contract section 6 (the feature job's FLYWHEEL_JOB_REDACT_PATTERNS: give
+    # both the same list).
+    redact_patterns: tuple[str, ...] = ()
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _regexes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from features.redaction import Redactor
+
+        Redactor(value)  # names the pattern that does not compile
+        return value
 
 
 class TrainerConfig(_Section):

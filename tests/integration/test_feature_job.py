@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import pytest
+from features.redaction import PLACEHOLDERS
 from reference.contract_reference import (
     COLUMNS,
     compute_reference,
@@ -59,7 +60,7 @@ def _poison_records() -> list[InvalidLine]:
 
 @pytest.fixture(scope="module")
 def stream() -> GeneratedStream:
-    generated = generate_stream(SESSIONS, seed=20260301)
+    generated = generate_stream(SESSIONS, seed=20260301, personal_data=True)
     third = len(generated.deliveries) // 3
     for n, poison in enumerate(_poison_records()):
         generated.deliveries.insert(
@@ -109,12 +110,34 @@ class StreamingOutputs:
         self.flagged = box.read_json_topic(box.flagged_topic)
         self.dead_letters = box.read_json_topic(box.dlq_topic)
         client = box.redis()
+        self.redis_text = _everything_in_redis(client, box.redis_prefix)
         self.models = {
             key[len(box.redis_prefix) + len("model:") :]: {
                 k: int(v) for k, v in client.hgetall(key).items()
             }
             for key in client.scan_iter(match=f"{box.redis_prefix}model:*")
         }
+
+
+def _everything_in_redis(client: Any, prefix: str) -> str:
+    """Every key and value under ``prefix``, of any type, as one text to search."""
+    parts: list[str] = []
+    for key in client.scan_iter(match=f"{prefix}*"):
+        kind = client.type(key)
+        parts.append(key)
+        if kind == "hash":
+            parts += [f"{k}={v}" for k, v in client.hgetall(key).items()]
+        elif kind == "string":
+            parts.append(client.get(key) or "")
+        elif kind == "list":
+            parts += client.lrange(key, 0, -1)
+        elif kind == "set":
+            parts += client.smembers(key)
+        elif kind == "zset":
+            parts += client.zrange(key, 0, -1)
+        elif kind == "stream":
+            parts += [str(fields) for _, fields in client.xrange(key)]
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -350,6 +373,26 @@ def test_counters_match_the_reference(
 
 
 # --- backfill ------------------------------------------------------------------------------
+
+
+def test_no_personal_data_leaves_the_job(
+    stream: GeneratedStream, streaming: StreamingOutputs, backfill: dict[str, Any]
+) -> None:
+    """Contract section 6: texts are redacted in the flagged topic and Parquet; Redis holds
+    no text. The raw events and dead-letter topics are the only places raw text is kept."""
+    values = set(stream.personal_values)
+    assert len(values) >= 8, "the generated stream should carry every kind of personal data"
+    flagged_text = json.dumps([m for _, m in streaming.flagged], ensure_ascii=False)
+    backfill_text = json.dumps(backfill["flagged"], ensure_ascii=False, default=str)
+    for store, text in (
+        ("flagged topic", flagged_text),
+        ("backfill flagged_sessions/", backfill_text),
+        ("Redis", streaming.redis_text),
+    ):
+        leaked = sorted(v for v in values if v in text)
+        assert not leaked, f"{store} holds raw personal data: {leaked}"
+    placeholders = {p for p in PLACEHOLDERS.values() if p in flagged_text}
+    assert placeholders == set(PLACEHOLDERS.values()), "every kind was redacted somewhere"
 
 
 @pytest.fixture(scope="module")

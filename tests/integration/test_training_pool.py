@@ -6,6 +6,7 @@ reads committed only, writes Parquet to S3, and commits offsets after each write
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -251,3 +252,68 @@ class _WritableKeys:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+def test_the_pool_keeps_no_personal_data(
+    kafka_settings: Any, s3: Any, unique_topic: Any
+) -> None:
+    """Contract section 6: a flagged message whose texts were not redacted (an older job,
+    another producer) leaves no raw personal data in samples, edits, rejected records or
+    the review export; a pattern from settings counts as <ID>."""
+    from training.labelstudio import export_tasks
+
+    raw_values = [
+        "li.wei88@example.com",
+        "13812345678",
+        "4111 1111 1111 1111",
+        "11010519491231002X",
+        "ab12Cd34Ef56",
+        "192.168.31.7",
+        "VIP-204811",
+    ]
+    message = _flagged(7, correct=True)
+    message["transcript"][0]["text"] = "我的手机13812345678, mail li.wei88@example.com"
+    message["transcript"][1]["text"] = "We will call 13812345678 about card 4111 1111 1111 1111."
+    message["transcript"][2]["text"] = (
+        "身份证11010519491231002X https://x.example/r?token=ab12Cd34Ef56 from 192.168.31.7"
+    )
+    message["feedback"].append(
+        {
+            "request_id": f"{message['session_id']}-a",
+            "kind": "edit",
+            "rating": None,
+            "corrected_text": "Member VIP-204811 will get a call at 13812345678.",
+            "corrected_intent": None,
+        }
+    )
+    broken = json.dumps({"session_id": "x", "transcript": "mail li.wei88@example.com"})
+    topic = unique_topic(partitions=1)
+    _produce(kafka_settings, topic, [json.dumps(message).encode(), broken.encode()])
+    config = PoolConfig(
+        consumer_group=f"pool-{uuid.uuid4().hex[:8]}",
+        flush_every_messages=5,
+        redact_patterns=(r"VIP-\d{6}",),
+    )
+    store = PoolStore(s3, config.prefix)
+    report = PoolConsumer(
+        kafka=kafka_settings, store=store, config=config, labels=INTENTS, topic=topic
+    ).run(idle_timeout_s=5)
+    assert report.messages == 2 and report.rejected == 1
+
+    samples = store.read_samples().samples
+    edits, _ = store.read_edits()
+    everything = json.dumps(
+        {
+            "samples": [dataclasses.asdict(s) for s in samples],
+            "edits": [dataclasses.asdict(e) for e in edits],
+            "rejected": store.read_rejected(),
+            "export": export_tasks(samples, include_labeled=True),
+        },
+        ensure_ascii=False,
+        default=str,
+    )
+    assert samples and edits
+    leaked = [v for v in raw_values if v in everything]
+    assert not leaked, f"raw personal data in the pool: {leaked}"
+    for placeholder in ("<PHONE>", "<EMAIL>", "<ID>", "<URL_SECRET>", "<IP>"):
+        assert placeholder in everything

@@ -1,7 +1,8 @@
 """An independent batch computation of the contract (sections 2-5), for checking the job.
 
 Written from ``/work/shared/spec/contract.md`` alone, over plain event dicts (parsed
-JSON): no ``features``, ``jobs`` or ``schemas`` import. Deliberately simple (quadratic
+JSON): no ``features``, ``jobs`` or ``schemas`` import (redaction, section 6, is the one
+part taken from the product; see ``compute_reference``). Deliberately simple (quadratic
 loops, no incremental state) so that it is easy to read against the contract; the job's
 optimized code is checked against it.
 
@@ -331,8 +332,16 @@ def session_row(
 # --- outputs (section 5) ---------------------------------------------------------------
 
 
-def flagged_message(session: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``flywheel.flagged`` message of a flagged session."""
+def flagged_message(
+    session: Sequence[Mapping[str, Any]],
+    row: Mapping[str, Any],
+    redact: Callable[[str], str] = lambda text: text,
+) -> dict[str, Any]:
+    """The ``flywheel.flagged`` message of a flagged session, texts redacted (section 6).
+
+    Redaction itself is the product's (``features.redaction``), checked on its own against
+    the labeled set ``redaction_eval.jsonl``; here it is only applied where the contract says.
+    """
     transcript = []
     feedback = []
     for event in session:
@@ -342,25 +351,20 @@ def flagged_message(session: Sequence[Mapping[str, Any]], row: Mapping[str, Any]
                 {
                     "ts_ms": event["ts_ms"],
                     "role": "user" if user else "assistant",
-                    "text": event["text"],
+                    "text": redact(event["text"]),
                     "request_id": event.get("request_id"),
                     "predicted_intent": event.get("predicted_intent") if user else None,
                     "intent_confidence": event.get("intent_confidence") if user else None,
                 }
             )
         elif _is(event, "feedback"):
-            feedback.append(
-                {
-                    name: event.get(name)
-                    for name in (
-                        "request_id",
-                        "kind",
-                        "rating",
-                        "corrected_text",
-                        "corrected_intent",
-                    )
-                }
-            )
+            item = {
+                name: event.get(name)
+                for name in ("request_id", "kind", "rating", "corrected_text", "corrected_intent")
+            }
+            if item["corrected_text"] is not None:
+                item["corrected_text"] = redact(item["corrected_text"])
+            feedback.append(item)
     return {
         "session_id": row["session_id"],
         "user_id": row["user_id"],
@@ -415,8 +419,18 @@ def compute_reference(
     config: ContractConfig = ContractConfig(),
     rules: Mapping[str, Callable[[Mapping[str, Any]], bool]] = DEFAULT_RULES,
     similarity: Similarity | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> ReferenceOutput:
-    """Closed-session rows, flagged messages and the last session per id, for ``events``."""
+    """Closed-session rows, flagged messages and the last session per id, for ``events``.
+
+    ``redact`` (section 6) defaults to the product's ``features.redaction``: the one part
+    of the contract the reference does not write again, since redaction is checked on its
+    own against a labeled set (``redaction_eval.jsonl``, ``tests/unit/test_redaction.py``).
+    """
+    if redact is None:
+        from features.redaction import DEFAULT_REDACTOR
+
+        redact = DEFAULT_REDACTOR.redact
     log = SimilarityLog()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     flagged: dict[tuple[str, int], dict[str, Any]] = {}
@@ -426,7 +440,7 @@ def compute_reference(
         key = (row["session_id"], row["session_start_ms"])
         rows[key] = row
         if row["flagged"]:
-            flagged[key] = flagged_message(session, row)
+            flagged[key] = flagged_message(session, row, redact)
         previous = last.get(row["session_id"])
         if previous is None or previous["session_start_ms"] < row["session_start_ms"]:
             last[row["session_id"]] = row

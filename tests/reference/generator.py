@@ -167,6 +167,8 @@ class GeneratedStream:
     deliveries: list[Delivery]
     session_count_hint: int
     stats: dict[str, int] = field(default_factory=dict)
+    # Raw personal data put into texts (``personal_data=True``), each value as typed.
+    personal_values: list[str] = field(default_factory=list)
 
     @property
     def invalid(self) -> list[tuple[int, InvalidLine]]:
@@ -574,18 +576,54 @@ def _invalid_lines(rng: random.Random) -> list[InvalidLine]:
     ]
 
 
+# Personal data of every kind of contract section 6, as users type it (valid checksums).
+PERSONAL_TEXTS: tuple[tuple[str, str], ...] = (
+    ("my email is {}", "li.wei88@example.com"),
+    ("邮箱{}，发票发这里", "zhang_san@163.com"),
+    ("call me at {} please", "+44 20 7946 0958"),
+    ("我的手机{}，到了打电话", "13812345678"),
+    ("电话 {} 找王先生", "138-0013-8000"),
+    ("座机{}", "010-62345678"),
+    ("card {} expires 09/28", "4111 1111 1111 1111"),
+    ("用这张卡{}付款", "6222021234567890128"),
+    ("身份证号{}", "11010519491231002X"),
+    ("reset link https://shop.example.com/reset?u=7&token={} does not work", "ab12Cd34Ef56"),
+    ("my router is {} and it is slow", "192.168.31.7"),
+)
+
+
+def _inject_personal_data(events: list[dict[str, Any]], rng: random.Random) -> list[str]:
+    """Put personal data into some user texts and corrected texts; returns the values."""
+    values: list[str] = []
+    for event in events:
+        if event["event_type"] == "user_message" and rng.random() < 0.08:
+            template, value = rng.choice(PERSONAL_TEXTS)
+            event["text"] = template.format(value)
+            values.append(value)
+        elif event["event_type"] == "feedback" and event.get("corrected_text"):
+            if rng.random() < 0.5:
+                template, value = rng.choice(PERSONAL_TEXTS)
+                event["corrected_text"] = template.format(value)
+                values.append(value)
+    return values
+
+
 def generate_stream(
     sessions: int = 5_000,
     seed: int = 20260301,
     *,
     invalid: bool = True,
+    personal_data: bool = False,
     duplicate_share: float = 0.02,
     span_ms: int = SPAN_MS,
     base_ts_ms: int = BASE_TS_MS,
 ) -> GeneratedStream:
     """Valid events of about ``sessions`` sessions plus their delivery sequence (see module doc).
 
-    Session starts are spread over ``span_ms`` from ``base_ts_ms``.
+    Session starts are spread over ``span_ms`` from ``base_ts_ms``. With
+    ``personal_data``, some texts carry e-mails, phones, cards, ID numbers, URL secrets and
+    IPs (``GeneratedStream.personal_values``), drawn from their own random sequence so the
+    rest of the stream is the same as without.
     """
     rng = random.Random(seed)
     events: list[dict[str, Any]] = []
@@ -620,6 +658,9 @@ def generate_stream(
             events.extend(again)
             stats["continued_ids"] += 1
 
+    personal_values = (
+        _inject_personal_data(events, random.Random(seed + 6)) if personal_data else []
+    )
     deliveries = build_deliveries(events, rng, duplicate_share=duplicate_share)
     if invalid:
         for line in _invalid_lines(rng):
@@ -629,7 +670,11 @@ def generate_stream(
     stats["deliveries"] = len(deliveries)
     stats["duplicates"] = sum(d.duplicate for d in deliveries)
     return GeneratedStream(
-        events=events, deliveries=deliveries, session_count_hint=sessions, stats=stats
+        events=events,
+        deliveries=deliveries,
+        session_count_hint=sessions,
+        stats=stats,
+        personal_values=personal_values,
     )
 
 
