@@ -12,16 +12,23 @@ Endpoints (OpenAPI document at ``/openapi.json``, interactive docs at ``/docs``)
   (now) are filled in when missing.
 * ``GET /healthz`` - 200 when Kafka answers and the events topic exists, else 503.
 
-Bodies larger than ``max_request_bytes`` get ``413``. When ``auth_token`` is set,
-``/events`` and ``/feedback`` need ``Authorization: Bearer <token>`` (else ``401``);
-``/healthz`` and the docs stay open for load balancers and humans.
+Bodies larger than ``max_request_bytes`` and arrays of more than ``max_batch_events``
+get ``413``; a body that is not ``application/json`` gets ``415`` (so a web page cannot
+post ``text/plain`` cross-origin without a preflight). When ``auth_token`` is set,
+``/events`` and ``/feedback`` need ``Authorization: Bearer <token>`` (else ``401``); the
+service refuses to start on a non-loopback address without one. Each client (remote
+address) may send ``rate_limit_per_s`` requests per second with bursts of
+``rate_limit_burst``; beyond that ``429`` with ``Retry-After``. ``/healthz`` and the
+docs stay open for load balancers and humans.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +40,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from connectors.producer import (
@@ -78,7 +85,64 @@ class IngestSettings(FlywheelSettings):
         description="How long a request waits for Kafka's acknowledgements before a 503.",
     )
     health_timeout: timedelta = timedelta(seconds=3)
+    rate_limit_per_s: float = Field(
+        default=200.0, ge=0, description="Requests per second per client (0: no limit)."
+    )
+    rate_limit_burst: int = Field(default=400, ge=1, description="Requests a client may burst.")
     producer: ProducerSettings = Field(default_factory=ProducerSettings)
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> IngestSettings:
+        if self.auth_token is None and not _is_loopback(self.host):
+            raise ValueError(
+                f"auth_token: required when host is not a loopback address (host={self.host!r});"
+                " set FLYWHEEL_INGEST_AUTH_TOKEN, or listen on 127.0.0.1"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+class RateLimiter:
+    """Token buckets per client: ``per_s`` requests per second, bursts of ``burst``.
+
+    ``clock`` is seconds (monotonic); buckets of clients idle long enough to be full again
+    are dropped, so memory stays bounded by the clients of the last ``burst / per_s`` s.
+    """
+
+    def __init__(self, per_s: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._last_sweep = clock()
+
+    def acquire(self, client: str) -> float:
+        """0 when the request may go; else seconds until it could."""
+        if self.per_s <= 0:
+            return 0.0
+        now = self.clock()
+        tokens, at = self._buckets.get(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_s)
+        if now - self._last_sweep > self.burst / self.per_s:
+            self._sweep(now)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        return (1.0 - tokens) / self.per_s
+
+    def _sweep(self, now: float) -> None:
+        full_after = self.burst / self.per_s
+        self._buckets = {c: v for c, v in self._buckets.items() if now - v[1] < full_after}
+        self._last_sweep = now
 
 
 # --------------------------------------------------------------------------- documents
@@ -149,6 +213,29 @@ def _problem(index: int | None, error: ParseError) -> FieldProblem:
 _bearer = HTTPBearer(auto_error=False, description="Needed when FLYWHEEL_INGEST_AUTH_TOKEN is set.")
 
 
+def _limit_rate(request: Request) -> None:
+    """429 with Retry-After once a client is over its rate."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    client = request.client.host if request.client is not None else "unknown"
+    wait_s = limiter.acquire(client)
+    if wait_s > 0:
+        raise HTTPException(
+            status_code=429,
+            detail="too many requests",
+            headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+        )
+
+
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared application/json."""
+    declared = request.headers.get("content-type", "")
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(
+            status_code=415, detail="the request body must be Content-Type: application/json"
+        )
+
+
 def _authorize(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -192,6 +279,7 @@ def create_app(
         summary="Validated, acknowledged writes of raw assistant events to Kafka.",
         lifespan=lifespan,
     )
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
     app.state.auth_token = (
         settings.auth_token.get_secret_value().encode() if settings.auth_token is not None else None
     )
@@ -240,6 +328,8 @@ def create_app(
         202: {"model": Accepted},
         401: {"description": "Missing or wrong bearer token."},
         413: {"description": "Body or batch too large."},
+        415: {"description": "The body is not application/json."},
+        429: {"description": "Over this client's rate; see Retry-After."},
         422: {"model": RejectedBody},
         503: {"model": NotAcknowledged},
     }
@@ -248,7 +338,7 @@ def create_app(
         "/events",
         status_code=202,
         responses=common_responses,
-        dependencies=[Depends(_authorize)],
+        dependencies=[Depends(_limit_rate), Depends(_authorize), Depends(_require_json)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -288,7 +378,7 @@ def create_app(
         "/feedback",
         status_code=202,
         responses=common_responses,
-        dependencies=[Depends(_authorize)],
+        dependencies=[Depends(_limit_rate), Depends(_authorize), Depends(_require_json)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -467,6 +557,7 @@ __all__ = [
     "FeedbackRequest",
     "FieldProblem",
     "IngestSettings",
+    "RateLimiter",
     "RejectedBody",
     "create_app",
     "running_server",

@@ -41,3 +41,60 @@ FEATURE_COLUMNS: Final[tuple[str, ...]] = tuple(name for name, _ in PARQUET_SCHE
 COLUMN_TYPES: Final[dict[str, str]] = dict(PARQUET_SCHEMA_FIELDS)
 # Rules decide `reasons` and `flagged`, so they cannot refer to them.
 RULE_OUTPUT_COLUMNS: Final = frozenset({"reasons", "flagged"})
+
+# --- the flagged record (contract section 5): the flagged message's fields as columns ---
+#
+# A type is a scalar type name above, or a nested one: ``Struct(fields)`` or
+# ``ListOf(element)``. The flagged topic's JSON message and the backfill's
+# ``flagged_sessions/`` Parquet hold the same fields; jobs/row_types.py derives the Flink
+# SQL and DataStream types from this one list.
+
+
+class Struct(tuple[tuple[str, "ColumnType"], ...]):
+    """A struct type: its (name, type) fields in order."""
+
+
+class ListOf(tuple["ColumnType"]):
+    """A list type of one element type."""
+
+    @property
+    def element(self) -> ColumnType:
+        return self[0]
+
+
+ColumnType = str | Struct | ListOf
+
+TRANSCRIPT_ENTRY_FIELDS: Final = Struct(
+    (
+        ("ts_ms", "int64"),
+        ("role", "string"),
+        ("text", "string"),
+        ("request_id", "string"),
+        ("predicted_intent", "string"),
+        ("intent_confidence", "float64"),
+    )
+)
+FEEDBACK_ENTRY_FIELDS: Final = Struct(
+    (
+        ("request_id", "string"),
+        ("kind", "string"),
+        ("rating", "int64"),
+        ("corrected_text", "string"),
+        ("corrected_intent", "string"),
+    )
+)
+FLAGGED_PARQUET_FIELDS: Final[tuple[tuple[str, ColumnType], ...]] = (
+    ("session_id", "string"),
+    ("user_id", "string"),
+    ("session_start_ms", "int64"),
+    ("session_end_ms", "int64"),
+    ("reasons", "list<string>"),
+    ("features", Struct(PARQUET_SCHEMA_FIELDS)),
+    ("model_version", "string"),
+    ("transcript", ListOf((TRANSCRIPT_ENTRY_FIELDS,))),
+    ("feedback", ListOf((FEEDBACK_ENTRY_FIELDS,))),
+    # Set only on a message cut to fit one Kafka record (features.flagged.fit_flagged_message).
+    ("truncated_texts", "int64"),
+    ("omitted_transcript_entries", "int64"),
+    ("omitted_feedback_entries", "int64"),
+)

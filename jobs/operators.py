@@ -26,22 +26,14 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.common.time import Time
 
 from features import tracker
-from features.columns import PARQUET_SCHEMA_FIELDS
+from features.columns import FLAGGED_PARQUET_FIELDS, PARQUET_SCHEMA_FIELDS
+from jobs.row_types import flink_value, row_type
 from jobs.embedding import TextVectorCache
 from schemas.dlq import build_dlq_message
 from schemas.events import Event, ParseError, UserMessage, Feedback
 
-_FLINK_TYPES = {
-    "string": Types.STRING(),
-    "int64": Types.LONG(),
-    "bool": Types.BOOLEAN(),
-    "float64": Types.DOUBLE(),
-    "list<string>": Types.BASIC_ARRAY(Types.STRING()),
-}
 FEATURE_ROW_NAMES = [name for name, _ in PARQUET_SCHEMA_FIELDS] + ["dt"]
-FEATURE_ROW_TYPE = Types.ROW_NAMED(
-    FEATURE_ROW_NAMES, [_FLINK_TYPES[kind] for _, kind in PARQUET_SCHEMA_FIELDS] + [Types.STRING()]
-)
+FEATURE_ROW_TYPE = row_type(PARQUET_SCHEMA_FIELDS, ("dt", "string"))
 # Keyed JSON messages for Kafka (flagged, dead letters) and JSON Lines files.
 KEYED_JSON_TYPE = Types.ROW_NAMED(["session_id", "payload"], [Types.STRING(), Types.STRING()])
 FLAGGED_TAG = OutputTag("flagged", KEYED_JSON_TYPE)
@@ -689,19 +681,13 @@ RAW_LINE_TYPE = Types.ROW_NAMED(
     ["raw", "topic", "partition", "offset"],
     [Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
-FLAGGED_ROW_TYPE = Types.ROW_NAMED(
-    ["session_id", "user_id", "session_start_ms", "session_end_ms", "reasons", "model_version",
-     "message", "dt"],
-    [Types.STRING(), Types.STRING(), Types.LONG(), Types.LONG(), Types.BASIC_ARRAY(Types.STRING()),
-     Types.STRING(), Types.STRING(), Types.STRING()],
-)
+FLAGGED_ROW_TYPE = row_type(FLAGGED_PARQUET_FIELDS, ("dt", "string"))
 
 
 def flagged_row(value: Row) -> Row:
-    """A flagged-session message as a Parquet row (nested parts kept as the JSON message)."""
+    """A flagged-session message as a Parquet row: its fields as (nested) columns."""
     message = json.loads(value[1])
     return Row(
-        message["session_id"], message["user_id"], message["session_start_ms"],
-        message["session_end_ms"], list(message["reasons"]), message["model_version"],
-        value[1], utc_date(message["session_end_ms"]),
+        *[flink_value(kind, message.get(name)) for name, kind in FLAGGED_PARQUET_FIELDS],
+        utc_date(message["session_end_ms"]),
     )

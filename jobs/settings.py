@@ -83,6 +83,7 @@ class FeatureJobSettings(FlywheelSettings):
     # rocksdb checkpoints incrementally (only what changed since the last one); hashmap
     # keeps state on the heap and writes all of it at every checkpoint.
     state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    # Streaming only: the backfill always runs "process" (jobs/streaming.py says why).
     python_execution_mode: Literal["thread", "process"] = "thread"
     state_ttl: timedelta = timedelta(days=2)
 

@@ -73,7 +73,11 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
         conf.set_string(key, value)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("python.execution-mode", ctx.job.python_execution_mode)
+    # The backfill runs its Python operators as processes: in thread mode PyFlink 1.20's
+    # Java-side row converter (PythonTypeUtils.RowDataConverter) hands out one reused Row,
+    # so every struct in a list (a flagged record's transcript) would come out as the last.
+    mode = "process" if bounded else ctx.job.python_execution_mode
+    conf.set_string("python.execution-mode", mode)
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("execution.runtime-mode", "BATCH" if bounded else "STREAMING")
     if not bounded:
@@ -170,15 +174,9 @@ def _kafka_properties(ctx: JobContext) -> dict[str, str]:
 
 def _feature_table_ddl(name: str, path: str) -> str:
     from features.columns import PARQUET_SCHEMA_FIELDS
+    from jobs.row_types import sql_columns
 
-    sql_types = {
-        "string": "STRING",
-        "int64": "BIGINT",
-        "bool": "BOOLEAN",
-        "float64": "DOUBLE",
-        "list<string>": "ARRAY<STRING>",
-    }
-    columns = ",\n  ".join(f"`{n}` {sql_types[t]}" for n, t in PARQUET_SCHEMA_FIELDS)
+    columns = sql_columns(PARQUET_SCHEMA_FIELDS)
     return f"""CREATE TEMPORARY TABLE {name} (
   {columns},
   `dt` STRING
@@ -413,9 +411,12 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
     parsed, sessions = _session_features(ctx, lines, bounded=True)
 
     t_env.execute_sql(_feature_table_ddl("session_features_sink", f"{base}/session_features"))
+    from features.columns import FLAGGED_PARQUET_FIELDS
+    from jobs.row_types import sql_columns
+
     t_env.execute_sql(f"""CREATE TEMPORARY TABLE flagged_sink (
-  `session_id` STRING, `user_id` STRING, `session_start_ms` BIGINT, `session_end_ms` BIGINT,
-  `reasons` ARRAY<STRING>, `model_version` STRING, `message` STRING, `dt` STRING
+  {sql_columns(FLAGGED_PARQUET_FIELDS)},
+  `dt` STRING
 ) PARTITIONED BY (`dt`) WITH (
   {_with({"connector": "filesystem", "path": f"{base}/flagged_sessions", "format": "parquet"})}
 )""")

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import pytest
+from features.columns import FLAGGED_PARQUET_FIELDS
 from features.redaction import PLACEHOLDERS
 from reference.contract_reference import (
     COLUMNS,
@@ -420,6 +421,7 @@ def backfill(
     return {
         "rows": sandbox.parquet_rows("backfill/session_features"),
         "flagged": sandbox.parquet_rows("backfill/flagged_sessions"),
+        "flagged_schema": sandbox.parquet_table("backfill/flagged_sessions").schema,
         "dead_letters": dead_letters,
         "dlq_keys": sandbox.object_keys("backfill/dlq/"),
         "seconds": seconds,
@@ -444,17 +446,33 @@ def test_backfill_rows_equal_the_streaming_rows(
 def test_backfill_flagged_sessions_equal_the_reference(
     backfill: dict[str, Any], reference: Any
 ) -> None:
+    """flagged_sessions/ holds the flagged message's fields as typed (nested) columns."""
     rows = backfill["flagged"]
     keys = collections.Counter(_row_key(r) for r in rows)
     assert set(keys) == set(reference.flagged) and max(keys.values()) == 1
     for row in rows:
         expected = reference.flagged[_row_key(row)]
-        assert json.loads(row["message"]) == expected
-        assert list(row["reasons"]) == expected["reasons"]
-        assert row["user_id"] == expected["user_id"]
-        assert row["session_end_ms"] == expected["session_end_ms"]
-        assert row["model_version"] == expected["model_version"]
+        for name, _ in FLAGGED_PARQUET_FIELDS:
+            assert row[name] == expected.get(name), (name, row[name], expected.get(name))
         assert row["dt"] == utc_date(row["session_end_ms"])
+
+
+def test_backfill_flagged_sessions_have_typed_nested_columns(backfill: dict[str, Any]) -> None:
+    import pyarrow as pa
+
+    schema = backfill["flagged_schema"]
+    reasons = schema.field("reasons").type
+    assert pa.types.is_list(reasons) and reasons.value_type == pa.string()
+    features = schema.field("features").type
+    assert pa.types.is_struct(features)
+    assert [features.field(i).name for i in range(features.num_fields)] == list(COLUMNS)
+    assert features.field("min_intent_confidence").type == pa.float64()
+    for name, first in (("transcript", "ts_ms"), ("feedback", "request_id")):
+        kind = schema.field(name).type
+        assert pa.types.is_list(kind) and pa.types.is_struct(kind.value_type)
+        assert kind.value_type.field(0).name == first
+    assert schema.field("transcript").type.value_type.field("ts_ms").type == pa.int64()
+    assert "message" not in schema.names
 
 
 def test_backfill_dead_letters_name_every_invalid_line(

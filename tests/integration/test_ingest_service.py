@@ -243,7 +243,9 @@ def test_oversized_requests_get_413(client: httpx.Client) -> None:
             yield json.dumps(make_events(1, 1, "chunk")[0]).encode() + b"," + b" " * 1000
         yield b"{}]"
 
-    streamed = client.post("/events", content=chunks())
+    streamed = client.post(
+        "/events", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert streamed.status_code == 413
     too_many = client.post("/events", json=make_events(501, 10, "many"))
     assert too_many.status_code == 413
@@ -347,3 +349,65 @@ def test_flywheel_ingest_serve_command(kafka_bootstrap: str, topic: str) -> None
         process.wait(timeout=30)
     (record,) = read_back(kafka_bootstrap, topic, expected=1, settle_s=0.5)
     assert json.loads(record.value())["event_id"] == event["event_id"]
+
+
+def test_only_json_bodies_are_accepted(client: httpx.Client) -> None:
+    """415 for text/plain (what a web page may POST cross-origin without a preflight),
+    form bodies and a missing Content-Type; a charset parameter is fine."""
+    body = json.dumps(make_events(1, 1, uuid.uuid4().hex[:8])[0]).encode()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = client.post("/events", content=body, headers=headers)
+        assert response.status_code == 415, (content_type, response.text)
+        assert client.post("/feedback", content=b"{}", headers=headers).status_code == 415
+    ok = client.post(
+        "/events", content=body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert ok.status_code == 202, ok.text
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    settings = _settings(
+        kafka_bootstrap, topic, auth_token=TOKEN, rate_limit_per_s=0.5, rate_limit_burst=3
+    )
+    with running_server(settings) as url, httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ) as http:
+        answers = [
+            http.post("/events", json=make_events(1, 1, uuid.uuid4().hex[:8])[0])
+            for _ in range(5)
+        ]
+        assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+        assert 1 <= int(answers[3].headers["retry-after"]) <= 2
+        # Unauthenticated floods count too, and health checks are never limited.
+        assert httpx.post(f"{url}/events", json={}).status_code == 429
+        assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_errors_never_echo_the_token(server: str) -> None:
+    wrong = "Bearer " + TOKEN[:-1] + "x"
+    response = httpx.post(
+        f"{server}/events", json={"event_type": TOKEN}, headers={"Authorization": wrong}
+    )
+    assert response.status_code == 401
+    assert TOKEN[:-1] not in response.text
+    bad = httpx.post(
+        f"{server}/events",
+        json={"event_type": "nope", "secret": TOKEN},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert bad.status_code == 422 and TOKEN not in bad.text
+
+
+def test_the_service_refuses_to_listen_beyond_loopback_without_a_token() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="auth_token"):
+        IngestSettings(host="0.0.0.0")
+    with pytest.raises(ValidationError, match="auth_token"):
+        IngestSettings(host="10.1.2.3")
+    assert IngestSettings(host="0.0.0.0", auth_token="t").host == "0.0.0.0"
+    assert IngestSettings(host="::1").auth_token is None
+    assert IngestSettings(host="localhost").auth_token is None

@@ -173,20 +173,27 @@ class JobSandbox:
 
     def parquet_rows(self, path: str) -> list[dict[str, Any]]:
         """Rows of the hive-partitioned Parquet dataset at ``<bucket>/<path>`` (dt included)."""
+        table = self.parquet_table(path)
+        if table is None:
+            return []
+        rows = table.to_pylist()
+        for row in rows:
+            row["dt"] = str(row["dt"])
+        return rows
+
+    def parquet_table(self, path: str) -> Any:
+        """The hive-partitioned Parquet dataset at ``<bucket>/<path>`` as one Arrow table."""
         import pyarrow.dataset as ds
 
         if not self.object_keys(path + "/"):
-            return []
+            return None
         dataset = ds.dataset(
             f"{self.bucket}/{path}",
             filesystem=self.endpoints.s3_settings().pyarrow_filesystem(),
             format="parquet",
             partitioning="hive",
         )
-        rows = dataset.to_table().to_pylist()
-        for row in rows:
-            row["dt"] = str(row["dt"])
-        return rows
+        return dataset.to_table()
 
     # --- Redis ---------------------------------------------------------------------------
 
