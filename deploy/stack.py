@@ -540,6 +540,7 @@ class _FlinkBase(_Service):
             src = home / "conf" / name
             if src.is_file():
                 shutil.copyfile(src, conf / name)
+        self.write_lib_dir()
         secret: SecretStr = settings.s3_secret_access_key
         options = {
             "jobmanager.rpc.address": settings.host,
@@ -549,6 +550,10 @@ class _FlinkBase(_Service):
             "taskmanager.bind-host": settings.host,
             "taskmanager.host": settings.host,
             "taskmanager.numberOfTaskSlots": settings.flink_task_slots,
+            "classloader.resolve-order": "parent-first",  # why: write_lib_dir
+            # A TaskManager that dies is noticed in 20 s, not Flink's default 50 s.
+            "heartbeat.interval": 2000,
+            "heartbeat.timeout": 20000,
             "taskmanager.memory.process.size": f"{settings.flink_taskmanager_memory_mb}m",
             "rest.address": settings.host,
             "rest.bind-address": settings.host,
@@ -570,10 +575,44 @@ class _FlinkBase(_Service):
         )
         return conf
 
+    def lib_dir(self) -> Path:
+        return self.settings.state_dir / "flink" / "lib"
+
+    def write_lib_dir(self) -> Path:
+        """PyFlink's lib/ plus opt/flink-python*.jar and the connector jars, as links: a
+        cluster that runs Python jobs needs flink-python on its classpath
+        (KeyByKeySelector, the Python operators), and PyFlink keeps it in opt/."""
+        home, lib = jars.pyflink_home(), self.lib_dir()
+        if lib.exists():
+            shutil.rmtree(lib)
+        lib.mkdir(parents=True)
+        # The connector jars too, loaded once by the cluster (with parent-first class
+        # loading): shipped with each job instead, a second job's classes clash with
+        # those the first one left in Hadoop's static caches (s3a's XML parser).
+        for jar in [
+            *sorted((home / "lib").glob("*.jar")),
+            *sorted((home / "opt").glob("flink-python*.jar")),
+            *jars.flink_jar_paths(self.settings),
+        ]:
+            if not (lib / jar.name).exists():
+                (lib / jar.name).symlink_to(jar)
+        return lib
+
     def flink_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(jars.flink_process_env(self.settings))
+        env["FLINK_LIB_DIR"] = str(self.lib_dir())
         env["FLINK_CONF_DIR"] = str(self.conf_dir())
+        # Python operators in thread mode run in the TaskManager's embedded interpreter,
+        # which knows neither this venv (pemja, pyflink) nor this project: as for the
+        # embedded MiniCluster (jobs/streaming.py), both go on its PYTHONPATH.
+        import sysconfig
+
+        project_root = str(Path(__file__).resolve().parent.parent)
+        site_dirs = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (project_root, *site_dirs, os.environ.get("PYTHONPATH", "")) if p
+        )
         env["FLINK_LOG_DIR"] = str(self.settings.state_dir / "flink" / "log")
         return env
 

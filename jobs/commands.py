@@ -235,15 +235,27 @@ def _run_on_cluster(
     import subprocess
 
     entry = Path(__file__).resolve().parent / "streaming_main.py"
+    # -pyclientexec: the client that builds the job graph must be this venv's Python too
+    # (else `flink run` takes the first `python` on PATH, without this project's packages).
     cmd = [
-        _flink_cli(), "run", "-m", jobmanager, "-d", "-py", str(entry), "-pyexec", sys.executable,
+        _flink_cli(), "run", "-m", jobmanager, "-d", "-py", str(entry),
+        "-pyexec", sys.executable, "-pyclientexec", sys.executable,
     ]
     if savepoint:
         cmd[2:2] = ["-s", savepoint]
     env = dict(os.environ)
     prefix = ctx.job.env_prefix()
+    # Python operators run as processes on a cluster: in thread mode the TaskManager's
+    # embedded interpreter has no JVM gateway, and PyFlink needs one to build the state's
+    # TTL config (it tries to start a JVM of its own and fails). An explicit setting wins.
+    env.setdefault(prefix + "PYTHON_EXECUTION_MODE", "process")
     env.update({prefix + key.upper(): value for key, value in overrides.items()})
-    done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr).strip()
+        raise click.ClickException(
+            f"flink run exited with {done.returncode}:\n{output[-4000:]}"
+        )
     match = re.search(r"JobID ([0-9a-f]{32})", done.stdout + done.stderr)
     if match is None:
         raise click.ClickException(f"flink run printed no job id:\n{done.stdout}{done.stderr}")

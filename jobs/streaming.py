@@ -9,6 +9,7 @@ in Flink's batch mode. Both run the very same ``ParseEvents`` and
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import sysconfig
@@ -60,6 +61,20 @@ class _RedisFactory:
 
     def __call__(self) -> Any:
         return self._settings.client()
+
+
+def _denied_users(ctx: JobContext) -> frozenset[str]:
+    """The deny list (forgotten users' hashes) at submission; streaming re-reads it."""
+    if not ctx.job.redis_enabled:
+        return frozenset()
+    from features.privacy import denied_users_key
+
+    try:
+        members = ctx.redis.client().smembers(denied_users_key(ctx.redis.key_prefix))
+    except Exception as exc:  # Redis away: start, and let the operator read it later
+        logging.getLogger(__name__).warning("deny list not read from Redis: %s", exc)
+        return frozenset()
+    return frozenset(str(m) for m in members)
 
 
 def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
@@ -157,7 +172,28 @@ def _environments(ctx: JobContext, *, bounded: bool, savepoint: str | None = Non
         EnvironmentSettings.in_batch_mode() if bounded else EnvironmentSettings.in_streaming_mode()
     )
     t_env = StreamTableEnvironment.create(env, environment_settings=settings)
+    # The SQL sinks' operators get stable uids too (as every DataStream operator has one):
+    # auto-generated ones change with chaining, and at another parallelism the filesystem
+    # sink's writer chains differently, so a savepoint could not be restored there.
+    t_env.get_config().set("table.exec.uid.generation", "ALWAYS")
+    _restart_sql_node_ids(t_env)
     return env, t_env
+
+
+def _restart_sql_node_ids(t_env: Any) -> None:
+    """Number this job's SQL nodes from 1 again, as in a fresh process.
+
+    The generated uids are ``<node id>_<transformation>``, and the planner counts node ids
+    per JVM: a job built a second time in one process (a restart in a test, the demo)
+    would get other uids and could not restore the first one's savepoint.
+    """
+    from pyflink.java_gateway import get_gateway
+
+    gateway = get_gateway()
+    loader = t_env._j_tenv.getPlanner().getClass().getClassLoader()
+    context = loader.loadClass("org.apache.flink.table.planner.plan.nodes.exec.ExecNodeContext")
+    reset = context.getMethod("resetIdCounter", gateway.new_array(gateway.jvm.Class, 0))
+    reset.invoke(None, gateway.new_array(gateway.jvm.Object, 0))
 
 
 def _sql_string(value: str) -> str:
@@ -257,6 +293,7 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
     redis_factory = None
     if ctx.job.redis_enabled and not bounded:
         redis_factory = _RedisFactory(ctx.redis)
+    denied_users = _denied_users(ctx)
     bound_ms = int(ctx.job.max_out_of_order.total_seconds() * 1000)
     idle_ms = int(ctx.job.idle_timeout.total_seconds() * 1000)
     clock = None
@@ -269,7 +306,9 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
             max_future_skew_ms=int(ctx.job.max_future_skew.total_seconds() * 1000),
         )
     parsed = (
-        events.process(ParseEvents(redis_factory, ctx.redis.key_prefix, clock))
+        events.process(
+            ParseEvents(redis_factory, ctx.redis.key_prefix, clock, denied_users)
+        )
         .uid("parse-events").name("Parse and validate events")
     )
     if bounded:
@@ -300,6 +339,7 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
                 redis_factory=redis_factory,
                 key_prefix=ctx.redis.key_prefix,
                 session_ttl_s=int(ctx.redis.session_ttl.total_seconds()),
+                denied_users=denied_users,
             ),
             output_type=FEATURE_ROW_TYPE,
         )

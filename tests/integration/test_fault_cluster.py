@@ -87,11 +87,14 @@ def _completed_checkpoints(box: JobSandbox) -> int:
     return len(list(root.glob("*/chk-*/_metadata")))
 
 
-def _wait_for_progress(box: JobSandbox, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until a checkpoint completed and some Parquet was committed."""
+def _wait_for_progress(
+    box: JobSandbox, process: subprocess.Popen[bytes] | None, log: Path
+) -> None:
+    """Until a checkpoint completed and some Parquet was committed (while ``process``,
+    when given, still runs)."""
     deadline = time.monotonic() + DEADLINE_S
     while not (_completed_checkpoints(box) >= 1 and box.object_keys("flywheel/session_features/")):
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             pytest.fail(f"flywheel run ended early:\n{log.read_text()[-3000:]}")
         assert time.monotonic() < deadline, "the job never checkpointed"
         time.sleep(0.5)
@@ -143,7 +146,10 @@ def taskmanager_killed(
         ensure_up(state_dir, flink_cluster=True)  # a new TaskManager, as a supervisor would
         recovered_s = None
         while run.poll() is None and time.monotonic() - killed_at < DEADLINE_S:
-            if recovered_s is None and set(box.object_keys("flywheel/session_features/")) - files_before:
+            if (
+                recovered_s is None
+                and set(box.object_keys("flywheel/session_features/")) - files_before
+            ):
                 recovered_s = time.monotonic() - killed_at
             time.sleep(0.5)
         output = _finish(run, log)
@@ -170,10 +176,10 @@ def rescaled(
         positions = box.produce((d.key, d.raw) for d in stream.deliveries)
         first_log = logs / "p1.log"
         first = _flywheel(box, first_log, "--jobmanager", jobmanager)
-        _wait_for_progress(box, first, first_log)
+        first.wait(120)  # without --stop-when-idle it returns once the job is submitted
         match = re.search(r"as job ([0-9a-f]{32})", first_log.read_text())
-        assert match, first_log.read_text()
-        first.wait(60)  # without --stop-when-idle it returns once the job is submitted
+        assert first.returncode == 0 and match, first_log.read_text()
+        _wait_for_progress(box, None, first_log)
         from jobs.commands import _flink_cli
 
         directory = box.checkpoint_dir + "/savepoints"
@@ -207,9 +213,8 @@ def _assert_exactly_once(outcome: dict[str, Any]) -> None:
     reference = compute_reference(stream.events)
     keys = _keys(outcome["rows"])
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1][:5]
-    assert set(keys) == set(reference.rows), (
-        f"missing {len(set(reference.rows) - set(keys))}, extra {len(set(keys) - set(reference.rows))}"
-    )
+    missing, extra = set(reference.rows) - set(keys), set(keys) - set(reference.rows)
+    assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
     for row in outcome["rows"]:
         expected = reference.rows[(row["session_id"], row["session_start_ms"])]
         got = {name: (list(row[name]) if name == "reasons" else row[name]) for name in expected}
@@ -221,7 +226,9 @@ def _assert_exactly_once(outcome: dict[str, Any]) -> None:
         for _, m in outcome["dead_letters"]
     )
     assert max(letters.values()) == 1
-    assert dict(letters.keys()) == {outcome["positions"][i]: line.reason for i, line in stream.invalid}
+    assert dict(letters.keys()) == {
+        outcome["positions"][i]: line.reason for i, line in stream.invalid
+    }
     stats = outcome["stats"]
     assert stats["events"] == len(stream.deliveries) - len(stream.invalid)
     assert stats["dlq"] == len(stream.invalid)
