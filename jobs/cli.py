@@ -21,6 +21,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "ingest": ("connectors.cli", "ingest", "HTTP ingestion service."),
     "run": ("jobs.commands", "run", "Run the streaming feature job."),
     "backfill": ("jobs.commands", "backfill", "Run the feature job over JSON Lines files."),
+    "forget": ("jobs.forget", "forget", "Remove a user everywhere and deny their events."),
     "demo": ("jobs.demo", "demo", "Run the whole flywheel end to end on the local stack."),
     "dashboard": ("jobs.dashboard", "dashboard", "Serve the flywheel dashboard."),
     "pool": ("training.cli", "pool", "Build the labeled sample pool from flagged sessions."),

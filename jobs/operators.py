@@ -118,6 +118,33 @@ def _epoch_ms(value: Any) -> int | None:
     return None
 
 
+class DenyListReader:
+    """The deny list (contract section 6) an operator holds: as it was at submission, then
+    re-read from Redis through ``sink`` every ``refresh_ms`` (kept as it was while Redis
+    is away)."""
+
+    def __init__(self, hashes: frozenset[str], sink: Any, key_prefix: str, refresh_ms: int):
+        from features.privacy import DenyList, denied_users_key
+
+        self._list = DenyList(hashes)
+        self._sink = sink
+        self._key = denied_users_key(key_prefix)
+        self._refresh_ms = refresh_ms
+        self._read_ms = _now_ms()
+
+    def denies(self, user_id: str) -> bool:
+        if self._sink is not None:
+            now = _now_ms()
+            if now - self._read_ms >= self._refresh_ms:
+                from features.privacy import DenyList
+
+                self._read_ms = now
+                members = self._sink.read_set(self._key)
+                if members is not None and members != self._list.hashes:
+                    self._list = DenyList(members)
+        return self._list.denies(user_id)
+
+
 class ParseEvents(ProcessFunction):
     """Raw Kafka records (or file lines) to (event, position); errors to the dead-letter output.
 
@@ -132,11 +159,17 @@ class ParseEvents(ProcessFunction):
         redis_factory: Any = None,
         key_prefix: str = "fw:",
         clock: EventClockSettings | None = None,
+        denied_users: frozenset[str] = frozenset(),
+        deny_list_refresh_ms: int = 10_000,
     ):
         self._redis_factory = redis_factory
         self._key_prefix = key_prefix
         self._clock_settings = clock
         self._sink: Any = None
+        # Forgotten users (contract section 6): their events are counted and dropped. The
+        # list as it was at submission, then re-read from Redis every refresh interval.
+        self._denied_users = denied_users
+        self._deny_list_refresh_ms = deny_list_refresh_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from features.event_time import PartitionClock
@@ -159,6 +192,10 @@ class ParseEvents(ProcessFunction):
             from jobs.redis_sink import RedisSessionSink
 
             self._sink = RedisSessionSink(self._redis_factory(), self._key_prefix)
+        self._deny_list = DenyListReader(
+            getattr(self, "_denied_users", frozenset()), self._sink, self._key_prefix,
+            getattr(self, "_deny_list_refresh_ms", 10_000),
+        )
 
     def close(self) -> None:
         if self._sink is not None:
@@ -199,6 +236,11 @@ class ParseEvents(ProcessFunction):
                     topic, partition, offset, {"dlq": 1, f"dlq:{result.reason}": 1}
                 )
             yield DLQ_TAG, Row(result.session_id, dead_letter_json(message, len(raw)))
+            return
+        if self._deny_list.denies(result.user_id):
+            # A forgotten user: counted, never stored, never moving event time.
+            if self._sink is not None:
+                self._sink.count_once(topic, partition, offset, {"denied": 1})
             return
         position = SourcePosition(topic, partition, offset, raw)
         if self._clock is None:
@@ -243,7 +285,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         key_prefix: str = "fw:",
         session_ttl_s: int = 7 * 24 * 3600,
         python_executable: str = sys.executable,
+        denied_users: frozenset[str] = frozenset(),
     ):
+        self._denied_users = denied_users
         self._python_executable = python_executable
         self._settings_json = settings_json
         self._bounded = bounded
@@ -285,6 +329,10 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 flush_interval_ms=int(settings.redis_flush_interval.total_seconds() * 1000),
             )
         self.flush_timer_ms: int | None = None
+        # A session open when its user was forgotten closes without output.
+        self.deny_list = DenyListReader(
+            getattr(self, "_denied_users", frozenset()), self.sink, self._key_prefix, 10_000
+        )
         descriptor = ValueStateDescriptor("tracker", Types.PICKLED_BYTE_ARRAY())
         ttl_s = int(settings.state_ttl.total_seconds())
         descriptor.enable_time_to_live(
@@ -487,7 +535,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         )
 
     def _write_open(self, state: tracker.TrackerState, session: list[Event], watermark_ms: int) -> None:
-        if self.sink is None:
+        if self.sink is None or self.deny_list.denies(session[0].user_id):
             return
         if not self._collect_vectors(state, session, force=False):
             return  # the embedding timer writes it once vectors are there
@@ -504,6 +552,15 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         from jobs.redis_sink import closed_session_counters, model_counter, session_version
 
         for session in tracker.close_due(state, watermark_ms, self.gap_ms):
+            if self.deny_list.denies(session[0].user_id):
+                for event in session:
+                    state.vectors.pop(event.event_id, None)
+                if self.sink is not None:
+                    state.count(
+                        {"denied_sessions": 1},
+                        epoch=f"close:{session[0].session_id}:{session[0].ts_ms}",
+                    )
+                continue
             self._collect_vectors(state, session, force=True)
             feats = self._compute(state, session, None)
             row = feats.to_row()

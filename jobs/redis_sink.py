@@ -347,6 +347,16 @@ class RedisSessionSink:
             return
         self._add_share_script(keys=[key], args=self._share_args(args))
 
+    def read_set(self, key: str) -> set[str] | None:
+        """Members of the set ``key`` (unprefixed names are the caller's), None when Redis
+        does not answer."""
+        import redis
+
+        try:
+            return {str(m) for m in self._redis.smembers(key)}
+        except (redis.ConnectionError, redis.TimeoutError):
+            return None
+
     def count_once(
         self, topic: str, partition: int | None, offset: int | None, counters: Mapping[str, int]
     ) -> None:

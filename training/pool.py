@@ -280,6 +280,7 @@ class ConsumeReport:
     new_samples: int = 0
     edits_written: int = 0
     rejected: int = 0
+    denied: int = 0  # messages of forgotten users (contract section 6), never stored
     objects: list[str] = field(default_factory=list)
     committed: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
     pool: dict[str, int] = field(default_factory=dict)
@@ -291,6 +292,7 @@ class ConsumeReport:
             "new_samples": self.new_samples,
             "edits_written": self.edits_written,
             "rejected": self.rejected,
+            "denied": self.denied,
             "objects": list(self.objects),
             "committed": dict(self.committed),
             "pool": dict(self.pool),
@@ -331,6 +333,22 @@ class PoolConsumer:
         from features.redaction import Redactor
 
         self.redactor = Redactor(config.redact_patterns)
+        from features.privacy import DenyList
+
+        self._deny_list = DenyList()
+
+    def _read_deny_list(self) -> None:
+        """Forgotten users from Redis (when there is one); kept as it was if Redis is away."""
+        from features.privacy import DenyList, denied_users_key
+
+        if self.redis is None:
+            return
+        try:
+            members = self.redis.smembers(denied_users_key(self.redis_prefix))
+        except Exception as exc:  # redis-py raises several types; keep consuming
+            log.warning("deny list not read from Redis: %s", exc)
+            return
+        self._deny_list = DenyList(str(m) for m in members)
 
     def consumer_config(self) -> dict[str, Any]:
         return {
@@ -348,6 +366,7 @@ class PoolConsumer:
 
         self._report = ConsumeReport()
         self._known = self.store.sample_keys()
+        self._read_deny_list()
         consumer = Consumer(self.consumer_config())
         self._consumer = consumer
         consumer.subscribe([self.topic], on_revoke=self._on_revoke)
@@ -398,6 +417,7 @@ class PoolConsumer:
         """Write every buffered partition batch, then commit its offsets."""
         from confluent_kafka import TopicPartition
 
+        self._read_deny_list()
         for (topic, partition), batch in list(self._buffer.items()):
             if not batch:
                 continue
@@ -449,6 +469,9 @@ class PoolConsumer:
                         "rejected_at_ms": now,
                     }
                 )
+                continue
+            if self._deny_list.denies(str(message.get("user_id") or "")):
+                self._report.denied += 1
                 continue
             extracted = extract_samples(
                 redact_flagged_message(message, self.redactor),
