@@ -401,6 +401,8 @@ class TrainingSet:
     failure_slice: list[LabeledText]
     eval_keys: list[tuple[str, str]]
     source_offsets: list[dict[str, Any]]
+    # Corrections kept out as untrusted (trust_user_labels), with their reasons in `note`.
+    sent_to_review: list[PoolSample] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
         """Training rows plus held-out keys, as written to training_data.parquet."""
@@ -437,6 +439,64 @@ def base_examples(rows: Iterable[LabeledText], origin: str = "base") -> list[Tra
     return [TrainingExample(text=r.text, label=r.label, origin=origin, slice=r.slice) for r in rows]
 
 
+def trust_user_labels(
+    samples: Sequence[PoolSample], *, max_corrections_per_user: int
+) -> tuple[list[PoolSample], list[PoolSample]]:
+    """End users' corrections are untrusted labels: ``(kept, sent to review)``.
+
+    * A user's corrections count at most ``max_corrections_per_user`` per training set
+      (their earliest ones); the rest go to the review queue.
+    * A correction whose label differs from what human labelers gave the same normalized
+      text (or, without human labels, what most other users gave it, each user counted
+      once) goes to the review queue too.
+
+    Human labels and auto labels are kept as they are.
+    """
+    corrections = [s for s in samples if s.label_source == "correction" and s.label]
+    by_text: dict[str, list[PoolSample]] = defaultdict(list)
+    for sample in samples:
+        if sample.label and sample.label_source in ("correction", "human"):
+            by_text[normalize(sample.text)].append(sample)
+    demoted: dict[tuple[str, str], str] = {}
+    for sample in corrections:
+        same_text = by_text[normalize(sample.text)]
+        # Human labels decide where there are any; else each other user counts once (so
+        # one user posting many labels outvotes nobody).
+        others = Counter(o.label for o in same_text if o.label_source == "human")
+        if not others:
+            others = Counter(
+                label
+                for _, label in {
+                    (o.user_id, o.label) for o in same_text if o.user_id != sample.user_id
+                }
+            )
+        if others and others.get(sample.label or "", 0) < max(others.values()):
+            demoted[sample.key] = (
+                f"corrected_intent {sample.label!r} contradicts other labels for this text "
+                f"({dict(sorted(others.items(), key=lambda kv: str(kv[0])))})"
+            )
+    per_user: dict[str, int] = Counter()
+    for sample in sorted(corrections, key=lambda s: (s.ts_ms, s.session_id, s.request_id)):
+        if sample.key in demoted:
+            continue
+        per_user[sample.user_id] += 1
+        if per_user[sample.user_id] > max_corrections_per_user:
+            demoted[sample.key] = (
+                f"over {max_corrections_per_user} corrections from one user in one round"
+            )
+    kept: list[PoolSample] = []
+    review: list[PoolSample] = []
+    for sample in samples:
+        note = demoted.get(sample.key)
+        if note is None or sample.label_source != "correction":
+            kept.append(sample)
+        else:
+            review.append(
+                replace(sample, label=None, label_source="", quality=QUALITY_REVIEW, note=note)
+            )
+    return kept, review
+
+
 def build_training_set(
     pool: Sequence[PoolSample],
     base: Sequence[LabeledText],
@@ -447,11 +507,17 @@ def build_training_set(
     eval_share: float,
     min_pool_classes: int,
     seed: int,
+    max_corrections_per_user: int | None = None,
 ) -> TrainingSet:
     """Labeled pool (minus the held-out sessions) plus a stratified replay of base data.
 
-    Raises EmptyPoolError, OneClassPoolError or UnknownLabelError before any training.
+    With ``max_corrections_per_user``, end users' corrections pass ``trust_user_labels``
+    first. Raises EmptyPoolError, OneClassPoolError or UnknownLabelError before any
+    training.
     """
+    review: list[PoolSample] = []
+    if max_corrections_per_user is not None:
+        pool, review = trust_user_labels(pool, max_corrections_per_user=max_corrections_per_user)
     usable = labeled(pool)
     if not usable:
         raise EmptyPoolError(
@@ -495,6 +561,7 @@ def build_training_set(
         ],
         eval_keys=[s.key for s in eval_pool],
         source_offsets=source_offsets(usable),
+        sent_to_review=review,
     )
 
 
@@ -554,5 +621,6 @@ __all__ = [
     "pool_counts",
     "source_offsets",
     "stratified_sample",
+    "trust_user_labels",
     "validate_flagged",
 ]

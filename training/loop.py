@@ -106,7 +106,13 @@ def train_candidate(
         eval_share=settings.pool.eval_share,
         min_pool_classes=trainer.min_pool_classes,
         seed=trainer.seed,
+        max_corrections_per_user=settings.pool.max_corrections_per_user,
     )
+    if training_set.sent_to_review:
+        log.info(
+            "%d untrusted correction(s) sent to review instead of training",
+            len(training_set.sent_to_review),
+        )
     examples: Sequence[TrainingExample] = training_set.train
     if shuffle_labels:
         permuted = [e.label for e in examples]

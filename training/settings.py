@@ -42,6 +42,10 @@ class PoolConfig(_Section):
     eval_share: float = Field(default=0.2, ge=0.0, lt=1.0)
     # Turns of dialogue before an edited response kept as its prompt (causal-LM task).
     edit_context_turns: int = Field(default=4, ge=1)
+    # End users' labels are untrusted: at most this many corrections of one user reach a
+    # training set (the rest, and corrections contradicting other users' labels for the
+    # same text, go to the review queue).
+    max_corrections_per_user: int = Field(default=20, ge=0)
     # Regexes of personal data redacted as <ID> in every text the pool keeps, beside the
     # kinds of contract section 6 (the feature job's FLYWHEEL_JOB_REDACT_PATTERNS: give
     # both the same list).

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 EVAL_SET = Path(__file__).with_name("redaction_eval.jsonl")
+# A second set, written apart from the redactor and the first set, never used to tune.
+HOLDOUT_SET = Path(__file__).with_name("redaction_holdout.jsonl")
 KINDS = ("EMAIL", "PHONE", "CARD", "ID", "URL_SECRET", "IP")
 
 

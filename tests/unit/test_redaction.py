@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from reference.redaction_scoring import KINDS, load_eval_set, score
+from reference.redaction_scoring import EVAL_SET, HOLDOUT_SET, KINDS, load_eval_set, score
 
 from features.redaction import DEFAULT_REDACTOR, Redactor
 
@@ -81,10 +83,11 @@ def test_job_and_pool_settings_reject_a_pattern_that_is_no_regex() -> None:
         PoolConfig(redact_patterns=("[",))
 
 
-def test_the_labeled_set_meets_the_goals() -> None:
-    """Issue #13's goals on 400+ hand-written texts with hard negatives."""
-    rows = load_eval_set()
-    assert len(rows) >= 400
+@pytest.mark.parametrize(("path", "size"), [(EVAL_SET, 400), (HOLDOUT_SET, 200)])
+def test_the_labeled_sets_meet_the_goals(path: Any, size: int) -> None:
+    """Issue #13's goals on hand-written texts with hard negatives (and a held-out set)."""
+    rows = load_eval_set(path)
+    assert len(rows) >= size
     result = score(DEFAULT_REDACTOR, rows)
     report = "\n".join(result.misses + result.false_alarms)
     for kind in ("CARD", "ID"):
@@ -92,4 +95,4 @@ def test_the_labeled_set_meets_the_goals() -> None:
     for kind in ("EMAIL", "PHONE"):
         assert result.recall(kind) >= 0.95, report
     assert result.precision() >= 0.95, report
-    assert all(result.true_positives[k] >= 30 for k in KINDS)
+    assert all(result.true_positives[k] >= 15 for k in KINDS)
