@@ -185,35 +185,50 @@ def _flink_cli() -> str:
 
 
 class _ClusterJob:
-    """A job submitted with ``flink run -d``, seen through the ``flink`` CLI."""
+    """A job submitted with ``flink run -d``, seen through the JobManager's REST API.
 
-    def __init__(self, jobmanager: str, job_id: str):
-        self.jobmanager = jobmanager
+    (The ``flink`` CLI would start a JVM for every status check, and ``flink stop``
+    gives up on a draining savepoint after its client timeout.)
+    """
+
+    def __init__(self, jobmanager: str, job_id: str, savepoint_timeout_s: float = 600.0):
+        self.base = jobmanager if "://" in jobmanager else f"http://{jobmanager}"
         self.job_id = job_id
+        self.savepoint_timeout_s = savepoint_timeout_s
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(
+            f"{self.base.rstrip('/')}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return dict(json.loads(response.read() or b"{}"))
 
     def status(self) -> str:
-        import subprocess
-
-        out = subprocess.run(
-            [_flink_cli(), "list", "-a", "-m", self.jobmanager],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        match = re.search(rf"{self.job_id} : .* \((\w+)\)", out)
-        return match.group(1) if match else "UNKNOWN"
+        return str(self._call(f"/jobs/{self.job_id}").get("state", "UNKNOWN"))
 
     def stop_with_savepoint(self, directory: str, drain: bool) -> str:
-        import subprocess
-
-        cmd = [_flink_cli(), "stop", "-m", self.jobmanager, "-p", directory]
-        if drain:
-            cmd.append("-d")
-        out = subprocess.run(
-            [*cmd, self.job_id], check=True, capture_output=True, text=True
-        ).stdout
-        match = re.search(r"Savepoint completed\. Path: (\S+)", out)
-        if match is None:
-            raise click.ClickException(f"flink stop printed no savepoint path:\n{out}")
-        return match.group(1)
+        trigger = self._call(
+            f"/jobs/{self.job_id}/stop", {"targetDirectory": directory, "drain": drain}
+        )["request-id"]
+        deadline = time.monotonic() + self.savepoint_timeout_s
+        while time.monotonic() < deadline:
+            answer = self._call(f"/jobs/{self.job_id}/savepoints/{trigger}")
+            if answer.get("status", {}).get("id") == "COMPLETED":
+                operation = answer.get("operation", {})
+                if "location" in operation:
+                    return str(operation["location"])
+                cause = operation.get("failure-cause", {}).get("stack-trace", operation)
+                raise click.ClickException(f"stop with savepoint failed: {str(cause)[:3000]}")
+            time.sleep(1.0)
+        raise click.ClickException(
+            f"stop with savepoint did not finish within {self.savepoint_timeout_s:.0f} s"
+        )
 
 
 def _run_on_cluster(

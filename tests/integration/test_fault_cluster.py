@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,36 +63,13 @@ def _jobmanager(endpoints: StackEndpoints) -> str:
     return endpoints.flink_rest_url.removeprefix("http://")
 
 
-def _flywheel(box: JobSandbox, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLYWHEEL_JOB_CHECKPOINT_DIR": box.checkpoint_dir,
-            "FLYWHEEL_JOB_CHECKPOINT_INTERVAL": "PT2S",
-            "FLYWHEEL_JOB_OUTPUT_BASE": box.output_base,
-            "FLYWHEEL_JOB_CONSUMER_GROUP": box.consumer_group,
-            "FLYWHEEL_JOB_EMBEDDING_ENABLED": "false",
-        }
-    )
-    flywheel = str(Path(sys.executable).parent / "flywheel")
-    return subprocess.Popen(
-        [flywheel, "run", *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def _completed_checkpoints(box: JobSandbox) -> int:
-    root = Path(box.checkpoint_dir.removeprefix("file://"))
-    return len(list(root.glob("*/chk-*/_metadata")))
-
-
 def _wait_for_progress(
     box: JobSandbox, process: subprocess.Popen[bytes] | None, log: Path
 ) -> None:
     """Until a checkpoint completed and some Parquet was committed (while ``process``,
     when given, still runs)."""
     deadline = time.monotonic() + DEADLINE_S
-    while not (_completed_checkpoints(box) >= 1 and box.object_keys("flywheel/session_features/")):
+    while not (box.completed_checkpoints() >= 1 and box.object_keys("flywheel/session_features/")):
         if process is not None and process.poll() is not None:
             pytest.fail(f"flywheel run ended early:\n{log.read_text()[-3000:]}")
         assert time.monotonic() < deadline, "the job never checkpointed"
@@ -137,7 +113,7 @@ def taskmanager_killed(
     with job_sandbox(endpoints, admin, logs, "tmkill", partitions=3) as box:
         positions = box.produce((d.key, d.raw) for d in stream.deliveries)
         log = logs / "run.log"
-        run = _flywheel(box, log, "--jobmanager", _jobmanager(endpoints), "--stop-when-idle", "8")
+        run = box.flywheel_run(log, "--jobmanager", _jobmanager(endpoints), "--stop-when-idle", "8")
         _wait_for_progress(box, run, log)
         files_before = set(box.object_keys("flywheel/session_features/"))
         pid = _taskmanager_pid(state_dir)
@@ -175,7 +151,7 @@ def rescaled(
     with job_sandbox(endpoints, admin, logs, "rescale", partitions=4) as box:
         positions = box.produce((d.key, d.raw) for d in stream.deliveries)
         first_log = logs / "p1.log"
-        first = _flywheel(box, first_log, "--jobmanager", jobmanager)
+        first = box.flywheel_run(first_log, "--jobmanager", jobmanager)
         first.wait(120)  # without --stop-when-idle it returns once the job is submitted
         match = re.search(r"as job ([0-9a-f]{32})", first_log.read_text())
         assert first.returncode == 0 and match, first_log.read_text()
@@ -190,8 +166,8 @@ def rescaled(
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         written_at_p1 = box.parquet_rows("flywheel/session_features")
         second_log = logs / "p2.log"
-        second = _flywheel(
-            box, second_log, "--jobmanager", jobmanager, "--set", "parallelism=2",
+        second = box.flywheel_run(
+            second_log, "--jobmanager", jobmanager, "--set", "parallelism=2",
             "--stop-when-idle", "8",
         )  # fmt: skip
         output = _finish(second, second_log)

@@ -16,10 +16,7 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,41 +63,18 @@ def _future_events(now_ms: int) -> list[tuple[bytes, bytes]]:
     return records
 
 
-def _flywheel(box: JobSandbox, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLYWHEEL_JOB_CHECKPOINT_DIR": box.checkpoint_dir,
-            "FLYWHEEL_JOB_CHECKPOINT_INTERVAL": "PT2S",
-            "FLYWHEEL_JOB_OUTPUT_BASE": box.output_base,
-            "FLYWHEEL_JOB_CONSUMER_GROUP": box.consumer_group,
-            "FLYWHEEL_JOB_EMBEDDING_ENABLED": "false",
-        }
-    )
-    flywheel = str(Path(sys.executable).parent / "flywheel")
-    return subprocess.Popen(
-        [flywheel, "run", *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the kill takes the JVM too
-    )
-
-
-def _completed_checkpoints(box: JobSandbox) -> int:
-    root = Path(box.checkpoint_dir.removeprefix("file://"))
-    return len(list(root.glob("*/chk-*/_metadata")))
-
-
 @pytest.fixture(scope="module")
 def runs(sandbox: JobSandbox, stream: GeneratedStream, tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("kill-logs")
     positions = sandbox.produce((d.key, d.raw) for d in stream.deliveries)
     future_positions = sandbox.produce(_future_events(int(time.time() * 1000)))
 
-    first = _flywheel(sandbox, logs / "first.log")
+    first = sandbox.flywheel_run(logs / "first.log")
     deadline = time.monotonic() + DEADLINE_S
     try:
         # Kill once checkpoints completed and output was committed, mid-stream.
         while not (
-            _completed_checkpoints(sandbox) >= 1
+            sandbox.completed_checkpoints() >= 1
             and sandbox.object_keys("flywheel/session_features/")
         ):
             assert first.poll() is None, (logs / "first.log").read_text()[-3000:]
@@ -113,7 +87,7 @@ def runs(sandbox: JobSandbox, stream: GeneratedStream, tmp_path_factory: pytest.
     killed_at = time.monotonic()
     written_before = sandbox.parquet_rows("flywheel/session_features")
 
-    second = _flywheel(sandbox, logs / "second.log", "--stop-when-idle", "5")
+    second = sandbox.flywheel_run(logs / "second.log", "--stop-when-idle", "5")
     try:
         second.wait(DEADLINE_S)
     finally:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -211,6 +214,32 @@ class JobSandbox:
     def stats(self) -> dict[str, int]:
         raw = self.redis().hgetall(f"{self.redis_prefix}stats:total")
         return {k: int(v) for k, v in raw.items()}
+
+    # --- the command line ------------------------------------------------------------------
+
+    def flywheel_run(self, log: Path, *args: str) -> subprocess.Popen[bytes]:
+        """``flywheel run ARGS`` as a user starts it, pointed at this sandbox (2 s
+        checkpoints, no embeddings), in its own process group so a kill takes the JVM too."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "FLYWHEEL_JOB_CHECKPOINT_DIR": self.checkpoint_dir,
+                "FLYWHEEL_JOB_CHECKPOINT_INTERVAL": "PT2S",
+                "FLYWHEEL_JOB_OUTPUT_BASE": self.output_base,
+                "FLYWHEEL_JOB_CONSUMER_GROUP": self.consumer_group,
+                "FLYWHEEL_JOB_EMBEDDING_ENABLED": "false",
+            }
+        )
+        flywheel = str(Path(sys.executable).parent / "flywheel")
+        return subprocess.Popen(
+            [flywheel, "run", *args], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def completed_checkpoints(self) -> int:
+        """Completed checkpoints in the (local) checkpoint directory."""
+        root = Path(self.checkpoint_dir.removeprefix("file://"))
+        return len(list(root.glob("*/chk-*/_metadata")))
 
 
 def _delete_topics(admin: Any, topics: list[str]) -> None:
