@@ -554,6 +554,8 @@ class _FlinkBase(_Service):
             # A TaskManager that dies is noticed in 20 s, not Flink's default 50 s.
             "heartbeat.interval": 2000,
             "heartbeat.timeout": 20000,
+            # Aligned checkpoints wait behind buffered events; keep the buffers to ~1 s of work.
+            "taskmanager.network.memory.buffer-debloat.enabled": "true",
             "taskmanager.memory.process.size": f"{settings.flink_taskmanager_memory_mb}m",
             "rest.address": settings.host,
             "rest.bind-address": settings.host,
@@ -843,9 +845,14 @@ class Stack:
                     continue
                 try:
                     service.check(timeout_s=2.0)
-                except HealthError as exc:
-                    progress(f"{service.name}: running but unhealthy ({exc}); restarting")
-                    continue
+                except HealthError:
+                    # A busy machine (a job at full speed on two cores) answers slowly; a
+                    # restart of a running broker or JobManager would cost far more.
+                    try:
+                        service.check(timeout_s=15.0)
+                    except HealthError as exc:
+                        progress(f"{service.name}: running but unhealthy ({exc}); restarting")
+                        continue
                 for role, requested in service.requested_ports().items():
                     if requested and service.ports.get(role) != requested:
                         raise StackError(

@@ -85,6 +85,10 @@ class IdleMonitor:
             self._last_change = time.monotonic()
         return time.monotonic() - self._last_change
 
+    def reset(self) -> None:
+        """Start counting idle time again from now."""
+        self._last_change = time.monotonic()
+
     def close(self) -> None:
         self._consumer.close()
 
@@ -111,6 +115,9 @@ def stop_when_idle(
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 raise click.ClickException(f"feature job ended with status {status}")
             idle = monitor.idle_for()
+            if status != "RUNNING":  # restarting after a failure: nothing reads
+                monitor.reset()
+                idle = 0.0
             if progress is not None:
                 progress(idle)
             if idle >= idle_s:
@@ -212,23 +219,64 @@ class _ClusterJob:
     def status(self) -> str:
         return str(self._call(f"/jobs/{self.job_id}").get("state", "UNKNOWN"))
 
-    def stop_with_savepoint(self, directory: str, drain: bool) -> str:
+    def state(self) -> tuple[str, bool]:
+        """The job's status, and whether every one of its tasks runs (after a restart
+        the job is RUNNING again while its tasks are still being deployed)."""
+        job = self._call(f"/jobs/{self.job_id}")
+        vertices = job.get("vertices", [])
+        tasks_running = bool(vertices) and all(v.get("status") == "RUNNING" for v in vertices)
+        return str(job.get("state", "UNKNOWN")), tasks_running
+
+    def stop_with_savepoint(self, directory: str, drain: bool, attempts: int = 3) -> str:
+        """Stop with a savepoint; a stop that failed while the job kept running (a
+        checkpoint declined during a restart, say) is tried again, up to ``attempts``."""
+        deadline = time.monotonic() + self.savepoint_timeout_s
+        failure = ""
+        for _ in range(attempts):
+            outcome = self._stop_once(directory, drain, deadline)
+            if outcome.startswith("location:"):
+                return outcome.removeprefix("location:")
+            failure = outcome
+            time.sleep(5.0)
+            if self.status() not in ("RUNNING", "RESTARTING", "CREATED", "INITIALIZING"):
+                break
+        raise click.ClickException(f"stop with savepoint failed: {failure}")
+
+    def _stop_once(self, directory: str, drain: bool, deadline: float) -> str:
+        """``location:<path>`` of the savepoint, or why the stop failed."""
         trigger = self._call(
             f"/jobs/{self.job_id}/stop", {"targetDirectory": directory, "drain": drain}
         )["request-id"]
-        deadline = time.monotonic() + self.savepoint_timeout_s
         while time.monotonic() < deadline:
             answer = self._call(f"/jobs/{self.job_id}/savepoints/{trigger}")
             if answer.get("status", {}).get("id") == "COMPLETED":
                 operation = answer.get("operation", {})
                 if "location" in operation:
-                    return str(operation["location"])
-                cause = operation.get("failure-cause", {}).get("stack-trace", operation)
-                raise click.ClickException(f"stop with savepoint failed: {str(cause)[:3000]}")
+                    return "location:" + str(operation["location"])
+                cause = operation.get("failure-cause", {}).get("stack-trace", str(operation))
+                return java_failure_summary(str(cause))
             time.sleep(1.0)
         raise click.ClickException(
             f"stop with savepoint did not finish within {self.savepoint_timeout_s:.0f} s"
         )
+
+
+def _cli_failure(output: str) -> str:
+    """The ``flink`` CLI's output when it failed: its causes, then its last lines."""
+    causes = [line.strip() for line in output.splitlines() if line.strip().startswith("Caused by:")]
+    tail = output[-2000:]
+    return ("\n".join(causes[-5:]) + "\n...\n" + tail) if causes else output[-4000:]
+
+
+def java_failure_summary(stack_trace: str, limit: int = 3000) -> str:
+    """A Java stack trace cut to what a person reads: its first line and every
+    ``Caused by:`` line (the root cause is the last one), without the frames."""
+    lines = [line.strip() for line in stack_trace.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    kept = [lines[0]] + [line for line in lines[1:] if line.startswith("Caused by:")]
+    summary = "\n".join(kept)
+    return summary if len(summary) <= limit else "..." + summary[-limit:]
 
 
 def _run_on_cluster(
@@ -269,7 +317,7 @@ def _run_on_cluster(
     if done.returncode != 0:
         output = (done.stdout + done.stderr).strip()
         raise click.ClickException(
-            f"flink run exited with {done.returncode}:\n{output[-4000:]}"
+            f"flink run exited with {done.returncode}:\n{_cli_failure(output)}"
         )
     match = re.search(r"JobID ([0-9a-f]{32})", done.stdout + done.stderr)
     if match is None:
@@ -284,10 +332,15 @@ def _run_on_cluster(
     try:
         while True:
             time.sleep(1.0)
-            status = job.status()
+            status, tasks_running = job.state()
             if status in ("FAILED", "CANCELED", "FINISHED"):
                 raise click.ClickException(f"feature job ended with status {status}")
-            if monitor.idle_for() >= stop_when_idle_s:
+            idle = monitor.idle_for()
+            if not tasks_running:
+                # Restarting (a TaskManager lost): offsets stand still because nothing
+                # reads, not because the input is done; a stop now could not take a savepoint.
+                monitor.reset()
+            elif idle >= stop_when_idle_s:
                 break
     finally:
         monitor.close()

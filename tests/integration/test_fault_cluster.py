@@ -32,6 +32,7 @@ from reference.contract_reference import compute_reference
 from reference.generator import GeneratedStream, generate_stream
 from reference.job_harness import JobSandbox, job_sandbox
 
+from deploy import procs
 from deploy.stack import StackEndpoints, ensure_up, stack_status, stop_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink, pytest.mark.slow]
@@ -63,9 +64,29 @@ def _jobmanager(endpoints: StackEndpoints) -> str:
     return endpoints.flink_rest_url.removeprefix("http://")
 
 
-def _wait_for_progress(
-    box: JobSandbox, process: subprocess.Popen[bytes] | None, log: Path
-) -> None:
+def _cancel_unfinished_jobs(endpoints: StackEndpoints) -> None:
+    """Cancel what a failed scenario left running, so the next one has the cluster's slots."""
+    import json
+    import urllib.request
+
+    base = endpoints.flink_rest_url
+    assert base is not None
+    with urllib.request.urlopen(f"{base}/jobs", timeout=30) as response:
+        jobs = json.loads(response.read())["jobs"]
+    for job in jobs:
+        if job["status"] not in ("FINISHED", "FAILED", "CANCELED"):
+            request = urllib.request.Request(f"{base}/jobs/{job['id']}?mode=cancel", method="PATCH")
+            urllib.request.urlopen(request, timeout=30).close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/jobs", timeout=30) as response:
+            states = {j["status"] for j in json.loads(response.read())["jobs"]}
+        if states <= {"FINISHED", "FAILED", "CANCELED"}:
+            return
+        time.sleep(1)
+
+
+def _wait_for_progress(box: JobSandbox, process: subprocess.Popen[bytes] | None, log: Path) -> None:
     """Until a checkpoint completed and some Parquet was committed (while ``process``,
     when given, still runs)."""
     deadline = time.monotonic() + DEADLINE_S
@@ -94,6 +115,7 @@ def _outputs(box: JobSandbox) -> dict[str, Any]:
         "flagged": box.read_json_topic(box.flagged_topic),
         "dead_letters": box.read_json_topic(box.dlq_topic),
         "stats": box.stats(),
+        "parquet_files": sorted(box.object_keys("flywheel/session_features/")),
     }
 
 
@@ -119,6 +141,12 @@ def taskmanager_killed(
         pid = _taskmanager_pid(state_dir)
         os.killpg(pid, signal.SIGKILL)  # services run in their own session: the JVM too
         killed_at = time.monotonic()
+        # As a supervisor would: a new TaskManager once the old one is gone (a SIGKILLed
+        # JVM can still be in /proc for a moment on a busy machine, and the JobManager
+        # counts it until its heartbeat times out, so the stack would keep it).
+        while procs.is_alive(pid):
+            assert time.monotonic() - killed_at < 60, "the killed TaskManager is still alive"
+            time.sleep(0.1)
         ensure_up(state_dir, flink_cluster=True)  # a new TaskManager, as a supervisor would
         recovered_s = None
         while run.poll() is None and time.monotonic() - killed_at < DEADLINE_S:
@@ -145,6 +173,7 @@ def rescaled(
     cluster: tuple[Path, StackEndpoints], admin: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     _, endpoints = cluster
+    _cancel_unfinished_jobs(endpoints)  # a failed scenario before must not hold the slots
     stream = generate_stream(SESSIONS, seed=4040, span_ms=SPAN_MS)
     logs = tmp_path_factory.mktemp("rescale-logs")
     jobmanager = _jobmanager(endpoints)
@@ -184,13 +213,31 @@ def _keys(rows: list[dict[str, Any]]) -> collections.Counter[tuple[str, int]]:
     return collections.Counter((r["session_id"], r["session_start_ms"]) for r in rows)
 
 
+def _diagnose(outcome: dict[str, Any], reference: Any, missing: set[Any], extra: set[Any]) -> str:
+    """Where the sessions missing from (or extra in) Parquet are in the other outputs."""
+    flagged = set(_keys([m for _, m in outcome["flagged"]]))
+    late = collections.Counter(
+        m.get("session_id") for _, m in outcome["dead_letters"] if m["reason"] == "late_event"
+    )
+    lines = [f"missing {len(missing)}, extra {len(extra)}"]
+    for key in sorted(missing)[:10]:
+        row = reference.rows[key]
+        lines.append(
+            f"  missing {key}: end_ms={row.get('session_end_ms')} events={row.get('event_count')}"
+            f" flagged_expected={key in reference.flagged} on_flagged_topic={key in flagged}"
+            f" late_letters={late.get(key[0], 0)}"
+        )
+    lines.append(f"  parquet files: {outcome.get('parquet_files')}")
+    return "\n".join(lines)
+
+
 def _assert_exactly_once(outcome: dict[str, Any]) -> None:
     stream: GeneratedStream = outcome["stream"]
     reference = compute_reference(stream.events)
     keys = _keys(outcome["rows"])
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1][:5]
     missing, extra = set(reference.rows) - set(keys), set(keys) - set(reference.rows)
-    assert not missing and not extra, f"missing {len(missing)}, extra {len(extra)}"
+    assert not missing and not extra, _diagnose(outcome, reference, missing, extra)
     for row in outcome["rows"]:
         expected = reference.rows[(row["session_id"], row["session_start_ms"])]
         got = {name: (list(row[name]) if name == "reasons" else row[name]) for name in expected}
