@@ -172,8 +172,11 @@ def taskmanager_killed(
 def rescaled(
     cluster: tuple[Path, StackEndpoints], admin: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    _, endpoints = cluster
-    _cancel_unfinished_jobs(endpoints)  # a failed scenario before must not hold the slots
+    state_dir, endpoints = cluster
+    # Whatever the scenario before left (a job holding slots, no TaskManager), this one
+    # starts on a cluster with a TaskManager and free slots.
+    _cancel_unfinished_jobs(endpoints)
+    ensure_up(state_dir, flink_cluster=True)
     stream = generate_stream(SESSIONS, seed=4040, span_ms=SPAN_MS)
     logs = tmp_path_factory.mktemp("rescale-logs")
     jobmanager = _jobmanager(endpoints)
