@@ -101,6 +101,37 @@ def start_streaming(ctx: Any, *, savepoint: str | None = None) -> Any:
     return env.execute_async("flywheel-feature-job")
 
 
+def wait_until_running(client: Any, timeout_s: float = 120.0) -> None:
+    """Block until the job runs; a job that failed to start (a checkpoint it cannot
+    restore, say) raises with its cause."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job_status = client.get_job_status().result()
+        status = getattr(job_status, "name", str(job_status))
+        if status == "RUNNING":
+            return
+        if status in ("FAILED", "CANCELED", "FINISHED"):
+            raise click.ClickException(
+                f"feature job ended with status {status}{_why_it_failed(client, status)}"
+            )
+        time.sleep(0.5)
+    raise click.ClickException(f"feature job not running after {timeout_s:.0f} s")
+
+
+def start_running(ctx: Any, *, savepoint: str | None) -> Any:
+    """``start_streaming``, then wait until the job runs; a checkpoint or savepoint the job
+    cannot restore raises ``StaleStateError``."""
+    try:
+        client = start_streaming(ctx, savepoint=savepoint)
+    except Exception as exc:  # noqa: BLE001 (Py4J errors carry the Java trace as text)
+        hint = restore_failure_hint(str(exc))
+        if hint is None:
+            raise
+        raise StaleStateError(f"feature job failed: {hint}") from exc
+    wait_until_running(client)
+    return client
+
+
 def stop_when_idle(
     ctx: Any, client: Any, *, idle_s: float, drain: bool, progress: Any = None
 ) -> str:
@@ -113,7 +144,9 @@ def stop_when_idle(
             job_status = client.get_job_status().result()
             status = getattr(job_status, "name", str(job_status))
             if status in ("FAILED", "CANCELED", "FINISHED"):
-                raise click.ClickException(f"feature job ended with status {status}")
+                raise click.ClickException(
+                    f"feature job ended with status {status}{_why_it_failed(client, status)}"
+                )
             idle = monitor.idle_for()
             if status != "RUNNING":  # restarting after a failure: nothing reads
                 monitor.reset()
@@ -219,6 +252,14 @@ class _ClusterJob:
     def status(self) -> str:
         return str(self._call(f"/jobs/{self.job_id}").get("state", "UNKNOWN"))
 
+    def root_exception(self) -> str:
+        """The Java trace of what made the job fail (empty if the JobManager has none)."""
+        try:
+            answer = self._call(f"/jobs/{self.job_id}/exceptions")
+        except OSError:
+            return ""
+        return str(answer.get("root-exception") or "")
+
     def state(self) -> tuple[str, bool]:
         """The job's status, and whether every one of its tasks runs (after a restart
         the job is RUNNING again while its tasks are still being deployed)."""
@@ -259,6 +300,53 @@ class _ClusterJob:
         raise click.ClickException(
             f"stop with savepoint did not finish within {self.savepoint_timeout_s:.0f} s"
         )
+
+
+# Flink's words (runtime.checkpoint.Checkpoints) when a checkpoint or savepoint holds
+# state the job cannot take: operators it no longer has (an older job graph, other uids),
+# or another max parallelism.
+_STALE_STATE_MARKERS = (
+    "Cannot map checkpoint/savepoint state for operator",
+    "Max parallelism mismatch between checkpoint/savepoint state",
+)
+
+
+class StaleStateError(click.ClickException):
+    """The job could not restore a checkpoint or savepoint written by another job graph."""
+
+
+def restore_failure_hint(failure: str) -> str | None:
+    """What to do when ``failure`` (a Java trace) is a restore of foreign state, else None."""
+    if not any(marker in failure for marker in _STALE_STATE_MARKERS):
+        return None
+    return (
+        "the checkpoint or savepoint it resumed from was written by a job with other "
+        "operators or another max parallelism (an older Flywheel version, other settings), "
+        "so its state cannot be restored. Resume from another one with --from-savepoint, "
+        "or start with --fresh (reads from starting_offsets; the sessions open in that "
+        "checkpoint are not restored), or move it out of checkpoint_dir."
+    )
+
+
+def _explained(failure: str) -> str:
+    """``: <hint or root causes>`` for a job failure message ('' without a trace)."""
+    if not failure:
+        return ""
+    hint = restore_failure_hint(failure)
+    if hint is not None:
+        raise StaleStateError(f"feature job failed: {hint}\n{java_failure_summary(failure)}")
+    return ":\n" + java_failure_summary(failure)
+
+
+def _why_it_failed(client: Any, status: str) -> str:
+    """The root causes of a MiniCluster job that ended ``status`` ('' if it did not fail)."""
+    if status != "FAILED":
+        return ""
+    try:
+        client.get_job_execution_result().result()
+    except Exception as exc:  # noqa: BLE001 (a Py4J error carrying the Java trace)
+        return _explained(str(exc))
+    return ""
 
 
 def _cli_failure(output: str) -> str:
@@ -316,6 +404,9 @@ def _run_on_cluster(
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         output = (done.stdout + done.stderr).strip()
+        hint = restore_failure_hint(output)
+        if hint is not None:
+            raise StaleStateError(f"flink run failed: {hint}")
         raise click.ClickException(
             f"flink run exited with {done.returncode}:\n{_cli_failure(output)}"
         )
@@ -334,7 +425,10 @@ def _run_on_cluster(
             time.sleep(1.0)
             status, tasks_running = job.state()
             if status in ("FAILED", "CANCELED", "FINISHED"):
-                raise click.ClickException(f"feature job ended with status {status}")
+                cause = job.root_exception() if status == "FAILED" else ""
+                raise click.ClickException(
+                    f"feature job ended with status {status}{_explained(cause)}"
+                )
             idle = monitor.idle_for()
             if not tasks_running:
                 # Restarting (a TaskManager lost): offsets stand still because nothing
@@ -403,14 +497,22 @@ def run(
         raise click.UsageError("--fresh and --from-savepoint exclude each other")
     overrides = _parse_overrides(settings)
     ctx = _load(overrides)
-    final = run_streaming(
-        ctx,
-        stop_when_idle_s=stop_when_idle,
-        drain=drain,
-        savepoint=choose_resume_point(ctx, savepoint=savepoint, fresh=fresh),
-        jobmanager=jobmanager,
-        overrides=overrides,
-    )
+    try:
+        final = run_streaming(
+            ctx,
+            stop_when_idle_s=stop_when_idle,
+            drain=drain,
+            savepoint=choose_resume_point(ctx, savepoint=savepoint, fresh=fresh),
+            jobmanager=jobmanager,
+            overrides=overrides,
+        )
+    except click.ClickException:
+        raise
+    except Exception as exc:  # noqa: BLE001 (Py4J errors carry the Java trace as text)
+        hint = restore_failure_hint(str(exc))
+        if hint is None:
+            raise
+        raise StaleStateError(f"feature job failed: {hint}") from exc
     if final:
         click.echo(f"stopped; final savepoint: {final}")
 

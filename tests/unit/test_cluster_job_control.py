@@ -16,7 +16,14 @@ from typing import Any
 import click
 import pytest
 
-from jobs.commands import _ClusterJob, java_failure_summary
+from jobs.commands import (
+    StaleStateError,
+    _ClusterJob,
+    java_failure_summary,
+    restore_failure_hint,
+    start_running,
+    wait_until_running,
+)
 
 JOB = "0" * 32
 TRACE = """org.apache.flink.util.FlinkException: Stop with savepoint failed.
@@ -132,3 +139,60 @@ def test_tasks_being_deployed_after_a_restart_are_not_running(
     assert job.state() == ("RUNNING", True)
     manager.vertex_status = "INITIALIZING"
     assert job.state() == ("RUNNING", False)
+
+
+STALE_TRACE = """java.util.concurrent.ExecutionException: org.apache.flink.runtime.client.JobInitializationException: Could not start the JobMaster.
+Caused by: java.lang.IllegalStateException: Failed to rollback to checkpoint/savepoint file:/sp/savepoint-1. Cannot map checkpoint/savepoint state for operator 0a448493b4782967b150582570326227 to the new program, because the operator is not available in the new program.
+"""  # noqa: E501 (Flink's words, one line each)
+
+
+class _FinishedJob:
+    """What a PyFlink JobClient answers about a job that ended (or runs)."""
+
+    def __init__(self, status: str, trace: str = ""):
+        self.status, self.trace = status, trace
+
+    def get_job_status(self) -> Any:
+        return _Done(type("JobStatus", (), {"name": self.status})())
+
+    def get_job_execution_result(self) -> Any:
+        return _Done(None, RuntimeError(self.trace) if self.trace else None)
+
+
+class _Done:
+    def __init__(self, value: Any, error: Exception | None = None):
+        self.value, self.error = value, error
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def test_a_restore_of_another_jobs_state_is_told_apart() -> None:
+    assert restore_failure_hint(STALE_TRACE) is not None
+    assert "--fresh" in (restore_failure_hint(STALE_TRACE) or "")
+    assert restore_failure_hint(TRACE) is None
+
+
+def test_a_job_that_could_not_restore_its_savepoint_says_what_to_do() -> None:
+    wait_until_running(_FinishedJob("RUNNING"))
+    with pytest.raises(StaleStateError) as stale:
+        wait_until_running(_FinishedJob("FAILED", STALE_TRACE))
+    assert "--from-savepoint" in stale.value.message
+    with pytest.raises(click.ClickException) as failed:
+        wait_until_running(_FinishedJob("FAILED", TRACE))
+    assert not isinstance(failed.value, StaleStateError)
+    assert "CheckpointException: Task not running" in failed.value.message
+
+
+def test_a_start_refused_for_foreign_state_is_told_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(ctx: Any, *, savepoint: str | None = None) -> Any:
+        raise RuntimeError(STALE_TRACE)  # as execute_async's Py4J error reads
+
+    monkeypatch.setattr("jobs.commands.start_streaming", refuse)
+    with pytest.raises(StaleStateError):
+        start_running(object(), savepoint="file:/sp/savepoint-1")
+    monkeypatch.setattr("jobs.commands.start_streaming", lambda ctx, savepoint=None: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # anything else is not hidden
+        start_running(object(), savepoint=None)
