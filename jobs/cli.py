@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
+
+# Apache Beam (under PyFlink) imports pkg_resources, which warns on every job start; it is
+# about Beam's packaging, nothing a user of flywheel can act on, and it buried our lines.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 # (module, attribute) of each click command or group, imported lazily so that
 # `flywheel stack status` does not pay for importing torch or pyflink.
