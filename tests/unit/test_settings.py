@@ -243,3 +243,17 @@ def test_checkpoints_default_below_the_output_base_never_in_memory(
     assert checkpoint_dir(ctx(output_base=str(tmp_path))) == tmp_path.resolve().as_uri() + "/checkpoints"
     assert checkpoint_dir(ctx(checkpoint_dir="s3://b/ck/")) == "s3://b/ck"
     assert checkpoint_dir(ctx(checkpoint_dir=str(tmp_path / "ck"))) == (tmp_path / "ck").resolve().as_uri()
+
+
+def test_embedding_model_path_must_be_a_saved_sentence_model(tmp_path: Path) -> None:
+    from jobs.settings import FeatureJobSettings
+
+    with pytest.raises(ConfigError, match="no such folder") as missing:
+        FeatureJobSettings.load(embedding_model_path=str(tmp_path / "absent"))
+    assert "embedding_model_path" in _fields(missing.value)
+    with pytest.raises(ConfigError, match="not a saved sentence-transformers model"):
+        FeatureJobSettings.load(embedding_model_path=str(tmp_path))
+    (tmp_path / "modules.json").write_text("[]")
+    assert FeatureJobSettings.load(embedding_model_path=str(tmp_path)).embedding_model_path == (
+        tmp_path.resolve()
+    )
