@@ -48,10 +48,15 @@ class TrackerState:
     counts: dict[str, int] = field(default_factory=dict)
     counts_version: int = 0
     counts_epoch: str = ""
+    # Wall-clock time of this key's last activity (an event, a window or session closed
+    # by event time): the state TTL counts from it (see ``is_stale``). 0 = not recorded.
+    active_ms: int = 0
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        # States pickled before the counters existed load with none counted yet.
-        self.__dict__.update({"counts": {}, "counts_version": 0, "counts_epoch": ""})
+        # States pickled before these fields existed load with none counted, none active.
+        self.__dict__.update(
+            {"counts": {}, "counts_version": 0, "counts_epoch": "", "active_ms": 0}
+        )
         self.__dict__.update(state)
 
     def count(self, counters: dict[str, int], epoch: str) -> None:
@@ -70,6 +75,41 @@ class TrackerState:
             self.open_events or self.seen_event_ts or self.closed_sessions
             or self.closed_until_ms is not None
         )
+
+
+def is_stale(state: TrackerState, now_ms: int, state_ttl_ms: int) -> bool:
+    """Whether the key saw no activity for ``state_ttl_ms`` of wall-clock time."""
+    return state.active_ms > 0 and now_ms - state.active_ms >= state_ttl_ms
+
+
+def expiry_check_ms(state: TrackerState, state_ttl_ms: int) -> int:
+    """Wall-clock time at which to look whether the key went stale (``is_stale``).
+
+    Rounded up to a minute (to a tenth of a short TTL) so that one timer serves all
+    activity within it.
+    """
+    granularity_ms = max(1, min(60_000, state_ttl_ms // 10))
+    due = state.active_ms + state_ttl_ms
+    return -(-due // granularity_ms) * granularity_ms
+
+
+def expire(state: TrackerState, session_gap_ms: int) -> dict[str, int]:
+    """Forget a stale key's sessions; the counters that record what was forgotten.
+
+    ``expired_session_ids`` counts the key itself, ``expired_open_sessions`` the sessions
+    it still had open (never closed: no row, no flagged message). The key's counter
+    totals stay: they are already handed to the online store.
+    """
+    counters = {"expired_session_ids": 1}
+    still_open = len(open_sessions(state, session_gap_ms))
+    if still_open:
+        counters["expired_open_sessions"] = still_open
+    state.open_events = []
+    state.seen_event_ts = {}
+    state.closed_sessions = []
+    state.vectors = {}
+    state.closed_until_ms = None
+    return counters
 
 
 def split_by_gap(events: list[Event], session_gap_ms: int) -> list[list[Event]]:

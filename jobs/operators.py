@@ -58,6 +58,10 @@ class SourcePosition:
     raw: bytes
 
 
+# Flink's own state TTL comes this long after the operator's (which counts what it forgets).
+FLINK_TTL_MARGIN_MS = 3_600_000
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -334,11 +338,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             getattr(self, "_denied_users", frozenset()), self.sink, self._key_prefix, 10_000
         )
         descriptor = ValueStateDescriptor("tracker", Types.PICKLED_BYTE_ARRAY())
-        ttl_s = int(settings.state_ttl.total_seconds())
+        # The operator expires keys itself, state_ttl after their last activity, and
+        # counts what it forgets (tracker.expire). Flink's TTL, an hour later and
+        # returning expired values it has not cleaned up yet, only bounds memory.
+        self.state_ttl_ms = int(settings.state_ttl.total_seconds() * 1000)
         descriptor.enable_time_to_live(
-            StateTtlConfig.new_builder(Time.seconds(ttl_s))
+            StateTtlConfig.new_builder(Time.milliseconds(self.state_ttl_ms + FLINK_TTL_MARGIN_MS))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+            .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
             .build()
         )
         self.state = runtime_context.get_state(descriptor)
@@ -610,10 +617,35 @@ class SessionFeaturesFunction(KeyedProcessFunction):
 
     # --- Flink callbacks -------------------------------------------------------------------
 
+    def _expire_if_stale(self, key: str, state: tracker.TrackerState) -> bool:
+        """Forget a key idle for ``state_ttl`` and count it; whether it was stale."""
+        if self._bounded or not tracker.is_stale(state, _now_ms(), self.state_ttl_ms):
+            return False
+        counts_before = state.counts_version
+        counters = tracker.expire(state, self.gap_ms)
+        if self.sink is not None:
+            state.count(counters, epoch=f"expire:{key}:{state.active_ms}")
+            self._add_share(key, state, counts_before)
+        return True
+
+    def _touch(self, ctx: Any, state: tracker.TrackerState) -> None:
+        """Record activity; a key with nothing open gets a timer to look for staleness.
+
+        A key with open sessions has its chain of idle timers, which looks as well.
+        """
+        if self._bounded:
+            return
+        state.active_ms = _now_ms()
+        if not state.open_events and not state.is_empty():
+            check_ms = tracker.expiry_check_ms(state, self.state_ttl_ms)
+            ctx.timer_service().register_processing_time_timer(_even(check_ms))
+
     def process_element(self, value: tuple[Any, ...], ctx: Any) -> Iterator[Any]:
         event, position = value[0], value[1]  # streaming adds the reader's watermark
         self.last_input_wall_ms = _now_ms()
         state = self._load()
+        if self._expire_if_stale(event.session_id, state):
+            state = tracker.TrackerState()  # its counter share stays with the old epoch
         counts_before = state.counts_version
         timers_before = self._registered_event_timers(ctx, event.session_id, state)
         watermark_ms = self._watermark(ctx)
@@ -665,6 +697,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if self.sink is not None:
             state.count(counters, epoch=f"{event.event_id}@{position.partition}:{position.offset}")
         self._sync_event_timers(ctx, event.session_id, timers_before, state)
+        self._touch(ctx, state)
         self._save(state)
         self._add_share(event.session_id, state, counts_before)
         self._flush_redis(ctx)
@@ -676,9 +709,18 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self._on_poll_timer(timestamp, ctx, key)
                 return
             state = self._load()
-            counts_before = state.counts_version
             timers_before = self._registered_event_timers(ctx, key, state)
+            if self._expire_if_stale(key, state):
+                self._sync_event_timers(ctx, key, timers_before, state)
+                self.waiting_by_key.pop(key, None)
+                self._save(state)  # empty now: cleared
+                self._flush_redis(ctx)
+                return
+            counts_before = state.counts_version
+            open_before = len(state.open_events)
             yield from self._on_idle_timer(ctx, key, state)
+            if len(state.open_events) != open_before:
+                self._touch(ctx, state)  # sessions closed on idle input
         else:
             state = self._load()
             counts_before = state.counts_version
@@ -688,6 +730,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             if self.sink is not None and state.open_events:
                 latest = tracker.open_sessions(state, self.gap_ms)[-1]
                 self._write_open(state, latest, watermark_ms)
+            self._touch(ctx, state)
         tracker.prune(state, self._watermark(ctx), self.gap_ms)
         self._sync_event_timers(ctx, key, timers_before, state)
         self._save(state)

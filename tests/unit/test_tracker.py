@@ -407,3 +407,46 @@ def test_timers_at_or_before_the_watermark_are_left_out() -> None:
 def test_a_closed_session_asks_for_its_prune_timer() -> None:
     state = closed_state([("a", 1_000)])
     assert timers(state, windows=False) == {1_000 + 2 * GAP + 1}
+
+
+# --- state TTL: keys idle for state_ttl are forgotten, and counted ----------------------
+
+TTL = 2 * 24 * 3_600_000
+NOW = 1_772_359_200_000  # a wall-clock time
+
+
+def test_a_key_is_stale_exactly_state_ttl_after_its_last_activity() -> None:
+    state = closed_state([("a", 1_000)])
+    state.active_ms = NOW
+    assert not tracker.is_stale(state, NOW + TTL - 1, TTL)
+    assert tracker.is_stale(state, NOW + TTL, TTL)
+
+
+def test_a_state_without_recorded_activity_is_never_stale() -> None:
+    # Pickled before active_ms existed: it gets a time at its next activity.
+    assert not tracker.is_stale(closed_state([("a", 1_000)]), NOW + 10 * TTL, TTL)
+    old = pickle.loads(pickle.dumps(closed_state([("a", 1_000)])))
+    del old.__dict__["active_ms"]
+    assert pickle.loads(pickle.dumps(old)).active_ms == 0
+
+
+def test_the_staleness_check_is_at_or_after_the_ttl_rounded_to_the_minute() -> None:
+    state = TrackerState(active_ms=NOW + 1)
+    check = tracker.expiry_check_ms(state, TTL)
+    assert check % 60_000 == 0 and NOW + 1 + TTL <= check < NOW + 1 + TTL + 60_000
+    assert tracker.expiry_check_ms(TrackerState(active_ms=NOW), TTL) == NOW + TTL
+
+
+def test_expire_counts_the_key_and_its_open_sessions_and_keeps_the_counters() -> None:
+    state = closed_state([("a", 1_000)])
+    _admit_all(state, msg("b", 10 * GAP), msg("c", 10 * GAP + 5), msg("d", 20 * GAP))
+    state.count({"events": 4}, epoch="a@0:0")
+    assert tracker.expire(state, GAP) == {"expired_session_ids": 1, "expired_open_sessions": 2}
+    assert state.is_empty() and state.counts == {"events": 4}
+
+
+def test_expire_of_a_key_with_only_closed_sessions_counts_no_open_session() -> None:
+    state = closed_state([("a", 1_000)])
+    assert tracker.expire(state, GAP) == {"expired_session_ids": 1}
+    # Forgotten: an event of the closed session's time is accepted as new, not late.
+    assert tracker.admit(state, msg("z", 1_500), NO_WATERMARK, GAP) is Admission.ACCEPTED
