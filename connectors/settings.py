@@ -131,8 +131,11 @@ class KafkaSettings(FlywheelSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
+    # A client certificate and its private key (PEM files), for brokers that require
+    # TLS client authentication; the key as PKCS#8, which the Java client needs.
     ssl_certificate_location: Path | None = None
     ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
     events_topic: str = "flywheel.events"
     flagged_topic: str = "flywheel.flagged"
     dlq_topic: str = "flywheel.dlq"
@@ -163,6 +166,37 @@ class KafkaSettings(FlywheelSettings):
                 )
         return value
 
+    @field_validator("ssl_ca_location", "ssl_certificate_location")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("ssl_key_location", mode="after")
+    @classmethod
+    def _client_key(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        certificate = info.data.get("ssl_certificate_location")
+        if (value is None) != (certificate is None) and "ssl_certificate_location" in info.data:
+            raise ValueError(
+                "ssl_certificate_location and ssl_key_location are given together or not at all"
+            )
+        if value is None:
+            return None
+        if not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        text = value.read_text(encoding="ascii", errors="replace")
+        if (
+            "-----BEGIN PRIVATE KEY-----" not in text
+            and "-----BEGIN ENCRYPTED PRIVATE KEY-----" not in text
+        ):
+            raise ValueError(
+                f"{value} is not a PKCS#8 PEM private key, which the Java Kafka client (the "
+                "Flink job) needs; convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out "
+                "KEY.pk8` (or without -nocrypt and set ssl_key_password)"
+            )
+        return value
+
     def client_config(self) -> dict[str, str]:
         """librdkafka properties for confluent-kafka clients."""
         conf = {
@@ -182,6 +216,8 @@ class KafkaSettings(FlywheelSettings):
         ):
             if value is not None:
                 conf[key] = str(value)
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return conf
 
     def java_client_properties(self) -> dict[str, str]:
@@ -199,12 +235,19 @@ class KafkaSettings(FlywheelSettings):
             secret = _jaas_quote(self.sasl_password.get_secret_value())
             props["sasl.mechanism"] = self.sasl_mechanism
             props["sasl.jaas.config"] = (
-                f"{module} required username={_jaas_quote(self.sasl_username)} "
-                f"password={secret};"
+                f"{module} required username={_jaas_quote(self.sasl_username)} password={secret};"
             )
+        # PEM contents, not paths: the properties travel with the job to every
+        # TaskManager, which need not have these files (the JAAS password does the same).
         if self.ssl_ca_location is not None:
             props["ssl.truststore.type"] = "PEM"
-            props["ssl.truststore.location"] = str(self.ssl_ca_location)
+            props["ssl.truststore.certificates"] = self.ssl_ca_location.read_text()
+        if self.ssl_certificate_location is not None and self.ssl_key_location is not None:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.certificate.chain"] = self.ssl_certificate_location.read_text()
+            props["ssl.keystore.key"] = self.ssl_key_location.read_text()
+            if self.ssl_key_password is not None:
+                props["ssl.key.password"] = self.ssl_key_password.get_secret_value()
         return props
 
 

@@ -257,3 +257,44 @@ def test_embedding_model_path_must_be_a_saved_sentence_model(tmp_path: Path) -> 
     assert FeatureJobSettings.load(embedding_model_path=str(tmp_path)).embedding_model_path == (
         tmp_path.resolve()
     )
+
+
+def test_sasl_password_is_quoted_and_escaped_in_the_jaas_string() -> None:
+    password = 'p"a\\ss; word=x'
+    props = KafkaSettings.load(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="job", sasl_password=password,
+    ).java_client_properties()  # fmt: skip
+    jaas = props["sasl.jaas.config"]
+    assert jaas == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="job" password="p\\"a\\\\ss; word=x";'
+    )
+    assert password not in repr(KafkaSettings.load(
+        security_protocol="SASL_SSL", sasl_mechanism="PLAIN", sasl_username="job",
+        sasl_password=password,
+    ))  # fmt: skip
+
+
+def test_tls_client_certificate_reaches_the_java_client_inline(tmp_path: Path) -> None:
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "client.pem", tmp_path / "client.key"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\nME\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----\n")
+    settings = KafkaSettings.load(
+        security_protocol="SSL", ssl_ca_location=str(ca), ssl_certificate_location=str(cert),
+        ssl_key_location=str(key), ssl_key_password="s3cret",
+    )  # fmt: skip
+    java = settings.java_client_properties()
+    assert java["ssl.truststore.certificates"] == ca.read_text()
+    assert java["ssl.keystore.type"] == "PEM"
+    assert java["ssl.keystore.certificate.chain"] == cert.read_text()
+    assert java["ssl.keystore.key"] == key.read_text()
+    assert java["ssl.key.password"] == "s3cret"
+    python = settings.client_config()
+    assert python["ssl.certificate.location"] == str(cert)
+    assert python["ssl.key.location"] == str(key)
+    assert python["ssl.key.password"] == "s3cret"
+    with pytest.raises(ConfigError, match="no such file") as caught:
+        KafkaSettings.load(ssl_ca_location=str(tmp_path / "absent.pem"))
+    assert "ssl_ca_location" in _fields(caught.value)
