@@ -439,16 +439,58 @@ def base_examples(rows: Iterable[LabeledText], origin: str = "base") -> list[Tra
     return [TrainingExample(text=r.text, label=r.label, origin=origin, slice=r.slice) for r in rows]
 
 
+# Contradicted corrections after which a user's other corrections of the round go to review.
+UNTRUSTED_AFTER_CONTRADICTIONS = 2
+
+
+def _contradictions(
+    corrections: Sequence[PoolSample],
+    by_text: Mapping[str, Sequence[PoolSample]],
+    ignored_users: set[str],
+) -> dict[tuple[str, str], str]:
+    """Corrections whose label differs from the others' for the same normalized text.
+
+    Human labels decide where there are any; else each other user counts once (so one
+    user posting many labels outvotes nobody), users in ``ignored_users`` not at all.
+    """
+    demoted: dict[tuple[str, str], str] = {}
+    for sample in corrections:
+        if sample.user_id in ignored_users:
+            continue
+        same_text = by_text[normalize(sample.text)]
+        others = Counter(o.label for o in same_text if o.label_source == "human")
+        if not others:
+            others = Counter(
+                label
+                for _, label in {
+                    (o.user_id, o.label)
+                    for o in same_text
+                    if o.user_id != sample.user_id and o.user_id not in ignored_users
+                }
+            )
+        if others and others.get(sample.label or "", 0) < max(others.values()):
+            demoted[sample.key] = (
+                f"corrected_intent {sample.label!r} contradicts other labels for this text "
+                f"({dict(sorted(others.items(), key=lambda kv: str(kv[0])))})"
+            )
+    return demoted
+
+
 def trust_user_labels(
     samples: Sequence[PoolSample], *, max_corrections_per_user: int
 ) -> tuple[list[PoolSample], list[PoolSample]]:
     """End users' corrections are untrusted labels: ``(kept, sent to review)``.
 
-    * A user's corrections count at most ``max_corrections_per_user`` per training set
-      (their earliest ones); the rest go to the review queue.
     * A correction whose label differs from what human labelers gave the same normalized
       text (or, without human labels, what most other users gave it, each user counted
-      once) goes to the review queue too.
+      once) goes to the review queue.
+    * A user with ``UNTRUSTED_AFTER_CONTRADICTIONS`` (2) or more such contradictions is
+      untrusted for the round: all their corrections go to review and their labels no
+      longer count against anyone else's. Users are judged worst first, again after
+      each one is set aside, so an attacker copying honest users' texts takes only
+      themselves out, not the users they contradicted.
+    * A trusted user's corrections count at most ``max_corrections_per_user`` per
+      training set (their earliest ones); the rest go to the review queue.
 
     Human labels and auto labels are kept as they are.
     """
@@ -457,30 +499,31 @@ def trust_user_labels(
     for sample in samples:
         if sample.label and sample.label_source in ("correction", "human"):
             by_text[normalize(sample.text)].append(sample)
-    demoted: dict[tuple[str, str], str] = {}
+    untrusted: dict[str, int] = {}
+    untrusted_notes: dict[tuple[str, str], str] = {}  # their contradictions, as found
+    while True:
+        demoted = _contradictions(corrections, by_text, set(untrusted))
+        user_of = {s.key: s.user_id for s in corrections if s.key in demoted}
+        per_user = Counter(user_of.values())
+        if not per_user:
+            break
+        worst, count = min(per_user.items(), key=lambda kv: (-kv[1], kv[0]))
+        if count < UNTRUSTED_AFTER_CONTRADICTIONS:
+            break
+        untrusted[worst] = count
+        untrusted_notes.update({k: v for k, v in demoted.items() if user_of[k] == worst})
     for sample in corrections:
-        same_text = by_text[normalize(sample.text)]
-        # Human labels decide where there are any; else each other user counts once (so
-        # one user posting many labels outvotes nobody).
-        others = Counter(o.label for o in same_text if o.label_source == "human")
-        if not others:
-            others = Counter(
-                label
-                for _, label in {
-                    (o.user_id, o.label) for o in same_text if o.user_id != sample.user_id
-                }
+        if sample.user_id in untrusted:
+            demoted[sample.key] = untrusted_notes.get(sample.key) or (
+                f"this user's corrections contradict other users' labels "
+                f"({untrusted[sample.user_id]} times this round)"
             )
-        if others and others.get(sample.label or "", 0) < max(others.values()):
-            demoted[sample.key] = (
-                f"corrected_intent {sample.label!r} contradicts other labels for this text "
-                f"({dict(sorted(others.items(), key=lambda kv: str(kv[0])))})"
-            )
-    per_user: dict[str, int] = Counter()
+    counted: dict[str, int] = Counter()
     for sample in sorted(corrections, key=lambda s: (s.ts_ms, s.session_id, s.request_id)):
         if sample.key in demoted:
             continue
-        per_user[sample.user_id] += 1
-        if per_user[sample.user_id] > max_corrections_per_user:
+        counted[sample.user_id] += 1
+        if counted[sample.user_id] > max_corrections_per_user:
             demoted[sample.key] = (
                 f"over {max_corrections_per_user} corrections from one user in one round"
             )

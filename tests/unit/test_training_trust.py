@@ -57,3 +57,31 @@ def test_the_training_set_leaves_untrusted_corrections_out() -> None:
     )  # fmt: skip
     from_mallory = [e for e in result.train if e.session_id.startswith("s-mallory")]
     assert len(from_mallory) == 20 and len(result.sent_to_review) == 10
+
+
+def test_a_user_caught_contradicting_twice_is_untrusted_for_the_round() -> None:
+    honest = [correction(f"user-{n}", f"known question {k}", "shipping", 10 * k + n)
+              for k in range(2) for n in range(2)]  # fmt: skip
+    copies = [correction("mallory", f"known question {k}", "price", 100 + k) for k in range(2)]
+    novel = [correction("mallory", f"never seen {k}", "price", 200 + k) for k in range(5)]
+    kept, review = trust_user_labels(honest + copies + novel, max_corrections_per_user=20)
+    assert {s.user_id for s in kept} == {"user-0", "user-1"}
+    assert len(review) == 7
+    assert sum("contradict other users' labels (2 times" in s.note for s in review) == 5
+
+
+def test_one_contradiction_does_not_taint_a_users_other_corrections() -> None:
+    honest = [correction(f"user-{n}", "known question", "shipping", n) for n in range(2)]
+    own = [correction("carol", "known question", "price", 10),
+           correction("carol", "something new", "price", 11)]  # fmt: skip
+    kept, review = trust_user_labels(honest + own, max_corrections_per_user=20)
+    assert [s.request_id for s in review] == ["r10"]
+    assert "r11" in {s.request_id for s in kept}
+
+
+def test_an_attacker_copying_honest_texts_takes_out_only_themselves() -> None:
+    honest = [correction(f"user-{n}", f"question {n}", "shipping", n) for n in range(5)]
+    copies = [correction("mallory", f"question {n}", "price", 100 + n) for n in range(5)]
+    kept, review = trust_user_labels(honest + copies, max_corrections_per_user=20)
+    assert {s.user_id for s in kept} == {f"user-{n}" for n in range(5)}
+    assert {s.user_id for s in review} == {"mallory"}
