@@ -8,8 +8,10 @@ only stitches them together so ``flywheel --help`` lists everything.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -57,10 +59,52 @@ class LazyGroup(click.Group):
         return command
 
 
+# Flink's client and MiniCluster JVM (PyFlink's gateway) reads its log4j configuration
+# from LOG4J_PROPERTIES and writes to FLINK_LOG_DIR. PyFlink's default sends Hadoop's
+# INFO lines to the terminal and its file into the virtualenv; this sends everything to
+# <state_dir>/logs/ instead.
+JVM_LOG4J = """\
+# Written by flywheel (jobs/cli.py); set LOG4J_PROPERTIES to use your own.
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FileAppender
+appender.file.name = FileAppender
+appender.file.type = FILE
+appender.file.append = true
+appender.file.fileName = ${sys:log.file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
+logger.hadoopnative.name = org.apache.hadoop.util.NativeCodeLoader
+logger.hadoopnative.level = OFF
+logger.netty.name = org.jboss.netty.channel.DefaultChannelPipeline
+logger.netty.level = OFF
+"""
+
+
+def jvm_logs_to_state_dir() -> Path | None:
+    """Point the JVM PyFlink starts at a log file under the state directory."""
+    if "LOG4J_PROPERTIES" in os.environ:
+        return None  # the user's own configuration
+    from connectors.settings import ConfigError
+    from deploy.settings import StackSettings
+
+    try:
+        logs = StackSettings.load().state_dir / "logs"
+    except ConfigError:
+        return None  # the command that needs these settings names the bad field
+    logs.mkdir(parents=True, exist_ok=True)
+    properties = logs / "flink-client-log4j.properties"
+    if not properties.is_file() or properties.read_text() != JVM_LOG4J:
+        properties.write_text(JVM_LOG4J)
+    os.environ["LOG4J_PROPERTIES"] = str(properties)
+    os.environ.setdefault("FLINK_LOG_DIR", str(logs))
+    return logs
+
+
 @click.group(cls=LazyGroup)
 @click.version_option(package_name="flywheel")
 def main() -> None:
     """Flywheel: streaming feedback pipeline for an LLM assistant."""
+    jvm_logs_to_state_dir()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -163,3 +164,20 @@ def test_counters_equal_the_true_counts(
     assert stats["dlq:future_event"] == FUTURE_EVENTS
     assert stats["sessions_closed"] == len(reference.rows)
     assert stats.get("sessions_flagged", 0) == len(reference.flagged)
+
+
+def test_the_terminal_shows_flywheels_lines_and_the_jvm_logs_go_to_the_state_dir(
+    runs: dict[str, Any],
+) -> None:
+    from deploy.settings import StackSettings
+
+    jvm_lines = [
+        line for line in runs["second_output"].splitlines()
+        if re.search(r"\b(INFO|WARN|DEBUG)\s+(org\.apache|akka|org\.jboss)", line)
+    ]  # fmt: skip
+    assert not jvm_lines, jvm_lines[:5]
+    logs = sorted(
+        (StackSettings.load().state_dir / "logs").glob("flink-*.log"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    assert logs and "org.apache.flink" in logs[-1].read_text(errors="replace")
