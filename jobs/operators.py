@@ -17,20 +17,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Row
+from pyflink.common.time import Time
 from pyflink.common.typeinfo import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
-    KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext, TimeDomain,
+    KeyedProcessFunction,
+    OutputTag,
+    ProcessFunction,
+    RuntimeContext,
+    TimeDomain,
 )
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
-from pyflink.common.time import Time
 
 from features import tracker
 from features.columns import FLAGGED_PARQUET_FIELDS, PARQUET_SCHEMA_FIELDS
-from jobs.row_types import flink_value, row_type
 from jobs.embedding import TextVectorCache
+from jobs.row_types import flink_value, row_type
 from schemas.dlq import build_dlq_message
-from schemas.events import Event, ParseError, UserMessage, Feedback
+from schemas.events import Event, Feedback, ParseError, UserMessage
 
 FEATURE_ROW_NAMES = [name for name, _ in PARQUET_SCHEMA_FIELDS] + ["dt"]
 FEATURE_ROW_TYPE = row_type(PARQUET_SCHEMA_FIELDS, ("dt", "string"))

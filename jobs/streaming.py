@@ -289,8 +289,13 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
     from pyflink.common.typeinfo import Types
 
     from jobs.operators import (
-        FEATURE_ROW_TYPE, EventClockSettings, EventTimeAssigner, ParseEvents, ReaderWatermark,
-        SessionFeaturesFunction, session_key,
+        FEATURE_ROW_TYPE,
+        EventClockSettings,
+        EventTimeAssigner,
+        ParseEvents,
+        ReaderWatermark,
+        SessionFeaturesFunction,
+        session_key,
     )
 
     redis_factory = None
@@ -423,13 +428,15 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
     from urllib.parse import urlsplit
 
     from pyflink.common import Row
+    from pyflink.common.serialization import Encoder
     from pyflink.common.typeinfo import Types
     from pyflink.datastream.connectors.file_system import (
-        BucketAssigner, FileSink, OutputFileConfig,
+        BucketAssigner,
+        FileSink,
+        OutputFileConfig,
     )
-    from pyflink.common.serialization import Encoder
 
-    from jobs.operators import DLQ_TAG, FLAGGED_TAG, RAW_LINE_TYPE, flagged_row, FLAGGED_ROW_TYPE
+    from jobs.operators import DLQ_TAG, FLAGGED_ROW_TYPE, FLAGGED_TAG, RAW_LINE_TYPE, flagged_row
 
     env, t_env = _environments(ctx, bounded=True)
     base = output_base(ctx, out_base)

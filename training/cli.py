@@ -80,7 +80,11 @@ class Env:
     def store(self) -> Any:
         from training.pool import PoolStore
 
-        return PoolStore(self.s3, self.settings.pool.prefix)
+        return PoolStore(
+            self.s3,
+            self.settings.pool.prefix,
+            max_corrections_per_user=self.settings.pool.max_corrections_per_user,
+        )
 
 
 def _echo_json(payload: Any) -> None:

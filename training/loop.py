@@ -317,7 +317,9 @@ def run_loop(
 ) -> LoopReport:
     """consume pool -> check trigger -> train -> gate -> register -> promote to canary."""
     registry = Registry(s3, settings.registry, redis=redis, redis_prefix=redis_prefix)
-    store = PoolStore(s3, settings.pool.prefix)
+    store = PoolStore(
+        s3, settings.pool.prefix, max_corrections_per_user=settings.pool.max_corrections_per_user
+    )
     report = LoopReport()
     if consume and kafka is not None:
         consumer = PoolConsumer(

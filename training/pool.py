@@ -40,6 +40,7 @@ from training.data import (
     dedupe_samples,
     extract_samples,
     pool_counts,
+    trust_user_labels,
     validate_flagged,
 )
 from training.errors import PoolError
@@ -125,7 +126,17 @@ class PoolSnapshot:
 class PoolStore:
     """Reads and writes the pool's Parquet objects on S3."""
 
-    def __init__(self, s3: S3Settings, prefix: str = "pool", *, client: Any = None) -> None:
+    def __init__(
+        self,
+        s3: S3Settings,
+        prefix: str = "pool",
+        *,
+        client: Any = None,
+        max_corrections_per_user: int | None = None,
+    ) -> None:
+        # With a cap, readers see end users' untrusted corrections as the review queue
+        # sees them (``trust_user_labels``): the same as the next training set does.
+        self.max_corrections_per_user = max_corrections_per_user
         self.s3 = s3
         self.bucket = s3.bucket
         self.prefix = prefix.strip("/")
@@ -241,14 +252,26 @@ class PoolStore:
         return rows, refs
 
     def read_samples(self) -> PoolSnapshot:
-        """All samples, deduplicated, with imported human labels applied."""
+        """All samples, deduplicated, with imported human labels applied.
+
+        With ``max_corrections_per_user``, corrections that ``trust_user_labels`` does
+        not trust come back as review samples (with a ``note``), so ``label export``
+        offers them to human labelers.
+        """
         rows, refs = self._read_rows("samples")
         samples = dedupe_samples(PoolSample.from_row(r) for r in rows)
         label_rows, label_refs = self._read_rows("labels")
         human: dict[tuple[str, str], tuple[str, int]] = {}
         for row in sorted(label_rows, key=lambda r: r["added_ms"] or 0):
             human[(row["session_id"], row["request_id"])] = (row["label"], row["added_ms"] or 0)
-        return PoolSnapshot(samples=apply_human_labels(samples, human), objects=refs + label_refs)
+        samples = apply_human_labels(samples, human)
+        if self.max_corrections_per_user is not None:
+            kept, review = trust_user_labels(
+                samples, max_corrections_per_user=self.max_corrections_per_user
+            )
+            order = {s.key: n for n, s in enumerate(samples)}
+            samples = sorted(kept + review, key=lambda s: order[s.key])
+        return PoolSnapshot(samples=samples, objects=refs + label_refs)
 
     def read_edits(self) -> tuple[list[EditPair], list[ObjectRef]]:
         rows, refs = self._read_rows("edits")

@@ -76,9 +76,12 @@ def main() -> None:
             if isinstance(e, UserMessage)
         }
         plain = per_call_us(lambda e=events: compute_features(e, config, rules), 200) / 1e3
-        embedded = per_call_us(
-            lambda e=events, v=vectors: compute_features(e, config, rules, embeddings=v), 50
-        ) / 1e3
+        embedded = (
+            per_call_us(
+                lambda e=events, v=vectors: compute_features(e, config, rules, embeddings=v), 50
+            )
+            / 1e3
+        )
         print(f"compute_features {size:5d} events: {plain:7.3f} ms, with 384-d embeddings "
               f"{embedded:7.3f} ms (ratio {embedded / plain:4.1f}x); "
               f"{plain * 1e3 / size:5.2f} us/event")  # fmt: skip

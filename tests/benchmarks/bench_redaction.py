@@ -65,10 +65,11 @@ def table(name: str, rows: list[dict[str, Any]]) -> None:
         tp, fn = result.true_positives, result.false_negatives
         count = (tp[kind] + fn[kind]) if kind else sum(tp.values()) + sum(fn.values())
         found = tp[kind] if kind else sum(tp.values())
-        print(f"{kind or 'all':<11} {count:>8} {found:>6} "
-              f"{(fn[kind] if kind else sum(fn.values())):>6} "
-              f"{(result.false_positives[kind] if kind else sum(result.false_positives.values())):>6} "
-              f"{result.precision(kind):>9.3f} {result.recall(kind):>7.3f} {result.f2(kind):>6.3f}")  # fmt: skip
+        missed = fn[kind] if kind else sum(fn.values())
+        false = result.false_positives[kind] if kind else sum(result.false_positives.values())
+        print(f"{kind or 'all':<11} {count:>8} {found:>6} {missed:>6} {false:>6} "
+              f"{result.precision(kind):>9.3f} {result.recall(kind):>7.3f} "
+              f"{result.f2(kind):>6.3f}")  # fmt: skip
     for line in result.misses + result.false_alarms:
         print("  " + line)
 
@@ -101,7 +102,8 @@ def main() -> None:
         ours = rate(DEFAULT_REDACTOR.redact, texts)
         base = rate(baseline_phones, texts)
         print(f"  {name:<18} redactor {ours:>10,.0f} texts/s   "
-              f"baseline (phones only) {base:>9,.0f} texts/s   ratio {ours / base:.1f}x")  # fmt: skip
+              f"baseline (phones only) {base:>9,.0f} texts/s   "
+              f"ratio {ours / base:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

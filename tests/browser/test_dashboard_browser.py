@@ -60,7 +60,9 @@ def _wait(driver: Any, condition: Any, what: str) -> Any:
     try:
         # The page re-renders on every refresh, so an element may go stale mid-check.
         return WebDriverWait(
-            driver, WAIT_S, poll_frequency=0.1,
+            driver,
+            WAIT_S,
+            poll_frequency=0.1,
             ignored_exceptions=(StaleElementReferenceException,),
         ).until(condition)
     except TimeoutException:
@@ -103,7 +105,10 @@ def _ints(raw: dict[str, str]) -> dict[str, int]:
 
 
 def test_page_shows_the_figures_redis_holds(
-    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel, dashboard_redis: RedisSettings
+    browser: Any,
+    dashboard_url: str,
+    flywheel_state: PipelineFlywheel,
+    dashboard_redis: RedisSettings,
 ) -> None:
     _load(browser, dashboard_url)
     page = browser.execute_script(SNAPSHOT_JS)
@@ -175,7 +180,10 @@ def test_page_shows_the_figures_redis_holds(
 
 
 def test_page_follows_new_writes(
-    browser: Any, dashboard_url: str, flywheel_state: PipelineFlywheel, dashboard_redis: RedisSettings
+    browser: Any,
+    dashboard_url: str,
+    flywheel_state: PipelineFlywheel,
+    dashboard_redis: RedisSettings,
 ) -> None:
     _load(browser, dashboard_url)
     redis = dashboard_redis.client()

@@ -56,9 +56,13 @@ def _future_events(now_ms: int) -> list[tuple[bytes, bytes]]:
     records = []
     for i in range(FUTURE_EVENTS):
         event = {
-            "event_id": f"future-{i}", "event_type": "user_message", "schema_version": 1,
-            "session_id": f"future-session-{i}", "user_id": "u-wrong-clock",
-            "ts_ms": now_ms + 86_400_000, "text": "hello from tomorrow",
+            "event_id": f"future-{i}",
+            "event_type": "user_message",
+            "schema_version": 1,
+            "session_id": f"future-session-{i}",
+            "user_id": "u-wrong-clock",
+            "ts_ms": now_ms + 86_400_000,
+            "text": "hello from tomorrow",
         }
         records.append((event["session_id"].encode(), json.dumps(event).encode()))
     return records

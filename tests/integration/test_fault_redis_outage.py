@@ -36,15 +36,20 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 def test_redis_outage_loses_nothing_and_converges(
-    stack_endpoints: Any, kafka_admin: Any, tmp_path: Path, private_redis: PrivateRedis,
+    stack_endpoints: Any,
+    kafka_admin: Any,
+    tmp_path: Path,
+    private_redis: PrivateRedis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from connectors.settings import RedisSettings
 
     stream = generate_stream(SESSIONS, seed=606, span_ms=2 * 3600 * 1000)
     reference = compute_reference(stream.events)
-    with job_sandbox(stack_endpoints, kafka_admin, tmp_path, "redis-out", partitions=2) as box, \
-            monkeypatch.context() as env:
+    with (
+        job_sandbox(stack_endpoints, kafka_admin, tmp_path, "redis-out", partitions=2) as box,
+        monkeypatch.context() as env,
+    ):
         env.setenv("FLYWHEEL_REDIS_URL", private_redis.url)
         half = len(stream.deliveries) // 2
         box.produce((d.key, d.raw) for d in stream.deliveries[:half])
@@ -68,8 +73,10 @@ def test_redis_outage_loses_nothing_and_converges(
             private_redis.start()
             back_at = time.monotonic()
             run.wait_for(
-                lambda: int(client.hget(f"{box.redis_prefix}stats:total", "events") or 0)
-                > events_before,
+                lambda: (
+                    int(client.hget(f"{box.redis_prefix}stats:total", "events") or 0)
+                    > events_before
+                ),
                 "the first Redis write after the outage",
             )
             print(

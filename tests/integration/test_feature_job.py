@@ -22,8 +22,6 @@ import time
 from typing import Any
 
 import pytest
-from features.columns import FLAGGED_PARQUET_FIELDS
-from features.redaction import PLACEHOLDERS
 from reference.contract_reference import (
     COLUMNS,
     compute_reference,
@@ -32,6 +30,9 @@ from reference.contract_reference import (
 )
 from reference.generator import BASE_TS_MS, Delivery, GeneratedStream, InvalidLine, generate_stream
 from reference.job_harness import JobSandbox, job_sandbox, running_job
+
+from features.columns import FLAGGED_PARQUET_FIELDS
+from features.redaction import PLACEHOLDERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.flink]
 

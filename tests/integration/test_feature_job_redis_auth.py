@@ -34,7 +34,10 @@ def protected_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def test_job_writes_to_a_password_protected_redis(
-    stack_endpoints: Any, kafka_admin: Any, tmp_path: Path, protected_redis: str,
+    stack_endpoints: Any,
+    kafka_admin: Any,
+    tmp_path: Path,
+    protected_redis: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import redis
@@ -43,8 +46,10 @@ def test_job_writes_to_a_password_protected_redis(
 
     stream = generate_stream(30, seed=99)
     reference = compute_reference(stream.events)
-    with job_sandbox(stack_endpoints, kafka_admin, tmp_path, "auth") as box, \
-            monkeypatch.context() as env:  # undone before the sandbox cleans the stack's Redis
+    with (
+        job_sandbox(stack_endpoints, kafka_admin, tmp_path, "auth") as box,
+        monkeypatch.context() as env,
+    ):  # undone before the sandbox cleans the stack's Redis
         env.setenv("FLYWHEEL_REDIS_URL", protected_redis)
         env.setenv("FLYWHEEL_REDIS_PASSWORD", PASSWORD)
         box.produce((d.key, d.raw) for d in stream.deliveries)

@@ -366,18 +366,18 @@ def test_only_json_bodies_are_accepted(client: httpx.Client) -> None:
     assert ok.status_code == 202, ok.text
 
 
-def test_a_client_over_its_rate_gets_429_with_retry_after(
-    kafka_bootstrap: str, topic: str
-) -> None:
+def test_a_client_over_its_rate_gets_429_with_retry_after(kafka_bootstrap: str, topic: str) -> None:
     settings = _settings(
         kafka_bootstrap, topic, auth_token=TOKEN, rate_limit_per_s=0.5, rate_limit_burst=3
     )
-    with running_server(settings) as url, httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
-    ) as http:
+    with (
+        running_server(settings) as url,
+        httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as http,
+    ):
         answers = [
-            http.post("/events", json=make_events(1, 1, uuid.uuid4().hex[:8])[0])
-            for _ in range(5)
+            http.post("/events", json=make_events(1, 1, uuid.uuid4().hex[:8])[0]) for _ in range(5)
         ]
         assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
         assert 1 <= int(answers[3].headers["retry-after"]) <= 2

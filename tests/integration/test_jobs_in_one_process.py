@@ -30,9 +30,18 @@ def test_jobs_in_one_process_leave_no_server_and_exit_zero(tmp_path: Path) -> No
     events = tmp_path / "events.jsonl"
     events.write_bytes(stream.jsonl())
     done = subprocess.run(
-        [sys.executable, "-X", "faulthandler", str(SCRIPT), str(events), str(tmp_path / "out"),
-         str(JOBS)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            str(SCRIPT),
+            str(events),
+            str(tmp_path / "out"),
+            str(JOBS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr[-4000:]

@@ -22,7 +22,9 @@ def _version(end_ms: int, events: int, closed: bool = False) -> str:
     return session_version(end_ms, closed, events, end_ms)
 
 
-def test_write_through_refuses_an_older_version_and_refreshes_ttl(client: Any, redis_prefix: str) -> None:
+def test_write_through_refuses_an_older_version_and_refreshes_ttl(
+    client: Any, redis_prefix: str
+) -> None:
     sink = RedisSessionSink(client, redis_prefix, session_ttl_s=600)
     sink.write_session("s1", {"event_count": "3"}, status="open", version=_version(3_000, 3))
     client.expire(f"{redis_prefix}session:s1", 5)
@@ -34,7 +36,9 @@ def test_write_through_refuses_an_older_version_and_refreshes_ttl(client: Any, r
     assert client.ttl(f"{redis_prefix}session:s1") > 500  # refused, yet the TTL was refreshed
 
 
-def test_buffered_writes_wait_for_flush_and_keep_the_newest_version(client: Any, redis_prefix: str) -> None:
+def test_buffered_writes_wait_for_flush_and_keep_the_newest_version(
+    client: Any, redis_prefix: str
+) -> None:
     sink = RedisSessionSink(client, redis_prefix, flush_interval_ms=10_000)
     sink.write_session("s1", {"event_count": "2"}, status="open", version=_version(2_000, 2))
     sink.write_session("s1", {"event_count": "4"}, status="open", version=_version(4_000, 4))
@@ -120,7 +124,9 @@ def test_rejections_count_once_per_source_offset(client: Any, redis_prefix: str)
         sink.count_once("events", 0, offset, {"dlq": 1, "dlq:invalid_json": 1})
     sink.count_once("events", 0, 9, {"dlq": 1, "dlq:invalid_json": 1})
     assert _totals(client, redis_prefix) == {
-        "dlq": 4, "dlq:invalid_json": 3, "dlq:out_of_range": 1,
+        "dlq": 4,
+        "dlq:invalid_json": 3,
+        "dlq:out_of_range": 1,
     }
 
 
@@ -137,8 +143,9 @@ def test_writes_wait_while_redis_is_away_and_converge_after(tmp_path: Any) -> No
     server = PrivateRedis(tmp_path, persist=False)
     server.start()
     port = server.port
-    client = redis.Redis(port=port, decode_responses=True, socket_timeout=2,
-                         socket_connect_timeout=2)
+    client = redis.Redis(
+        port=port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+    )
     sink = RedisSessionSink(client, "fw:", flush_interval_ms=1, retry_interval_ms=50)
     sink.write_session("s1", {"event_count": "1"}, status="open", version=_version(1_000, 1))
     sink.add_share("s1", "e1", 1, {"events": 1})
@@ -146,7 +153,9 @@ def test_writes_wait_while_redis_is_away_and_converge_after(tmp_path: Any) -> No
     server.stop()
 
     sink.write_session("s1", {"event_count": "2"}, status="open", version=_version(2_000, 2))
-    sink.write_session("s1", {"event_count": "3"}, status="closed", version=_version(3_000, 3, True))
+    sink.write_session(
+        "s1", {"event_count": "3"}, status="closed", version=_version(3_000, 3, True)
+    )
     sink.add_share("s1", "e1", 2, {"events": 2})
     sink.add_share("s1", "e1", 3, {"events": 3, model_counter("v1", "sessions"): 1})
     sink.count_once("events", 0, 5, {"dlq": 1})

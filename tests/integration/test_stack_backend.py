@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import importlib.util
 import pytest
 
 # Loaded by path: `import conftest` is ambiguous (tests/browser has one too).

@@ -2,12 +2,13 @@
 
 An honest round (simulated traffic served by v1, flagged, read into pool samples the way
 the pool consumer does) trains one candidate; the same round plus 200 corrections from
-one user ("mallory"), each relabelling a delivery-time question as ``order_status`` (the confusion v1
-already makes), trains
-another. Untrusted labels pass ``trust_user_labels``: mallory counts at most
-``max_corrections_per_user`` (20) and a label that contradicts other users' for the same
-text goes to review. The poisoned candidate must lose at most 1 point of held-out
-accuracy against the honest one, and the gate must decide the same for both.
+one user ("mallory"), each relabelling a delivery-time question as ``order_status``
+(the confusion v1 already makes), trains another. Half of them copy texts honest users
+corrected, half are new phrasings of them. Untrusted labels pass ``trust_user_labels``:
+a label that contradicts other users' for the same text goes to review, a user caught
+doing so twice is untrusted for the round, and anyone counts at most
+``max_corrections_per_user`` (20). The poisoned candidate must lose at most 1 point of
+held-out accuracy against the honest one, and the gate must decide the same for both.
 
 Real training (tiny LoRA rounds on the packaged base model, one torch thread); no
 services are needed.
@@ -16,7 +17,6 @@ services are needed.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -254,9 +254,7 @@ class _WritableKeys:
         return getattr(self._store, name)
 
 
-def test_the_pool_keeps_no_personal_data(
-    kafka_settings: Any, s3: Any, unique_topic: Any
-) -> None:
+def test_the_pool_keeps_no_personal_data(kafka_settings: Any, s3: Any, unique_topic: Any) -> None:
     """Contract section 6: a flagged message whose texts were not redacted (an older job,
     another producer) leaves no raw personal data in samples, edits, rejected records or
     the review export; a pattern from settings counts as <ID>."""
@@ -317,3 +315,33 @@ def test_the_pool_keeps_no_personal_data(
     assert not leaked, f"raw personal data in the pool: {leaked}"
     for placeholder in ("<PHONE>", "<EMAIL>", "<ID>", "<URL_SECRET>", "<IP>"):
         assert placeholder in everything
+
+
+def test_untrusted_corrections_are_in_the_review_queue_and_its_export(s3: Any) -> None:
+    """A user's corrections over the cap, and all of a user caught contradicting others,
+    are offered to human labelers: ``read_samples`` and ``label export`` see them as
+    review samples with a note, and ``pool status`` counts them."""
+    from training.data import PoolSample
+    from training.labelstudio import export_tasks
+
+    def correction(user: str, n: int, text: str, label: str) -> PoolSample:
+        return PoolSample(
+            session_id=f"s-{user}-{n}", request_id=f"r{n}", text=text,
+            predicted_intent="greeting", confidence=0.5, label=label,
+            label_source="correction", quality=QUALITY_HIGH, user_id=user, ts_ms=1_000 + n,
+        )  # fmt: skip
+
+    honest = [correction(f"user-{n}", n, f"question {n}", "shipping") for n in range(3)]
+    mallory = [correction("mallory", 100 + n, f"question {n}", "price") for n in range(3)]
+    chatty = [correction("bob", 200 + n, f"bob asks {n}", "price") for n in range(25)]
+    prefix = f"pool-{uuid.uuid4().hex[:8]}"
+    PoolStore(s3, prefix).write_batch("t", 0, 0, 30, honest + mallory + chatty, [], [])
+
+    assert PoolStore(s3, prefix).counts()["review_queue"] == 0  # no cap: as stored
+    store = PoolStore(s3, prefix, max_corrections_per_user=20)
+    review = [s for s in store.read_samples().samples if s.quality == QUALITY_REVIEW]
+    assert {s.user_id for s in review} == {"mallory", "bob"}
+    assert len(review) == 3 + 5 and all(s.note and s.label is None for s in review)
+    assert store.counts()["review_queue"] == 8
+    exported = export_tasks(store.read_samples().samples)
+    assert len(exported) == 8

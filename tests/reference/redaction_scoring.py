@@ -76,7 +76,9 @@ def score(redactor: Any, rows: list[dict[str, Any]]) -> Score:
                 result.false_negatives[kind] += 1
                 result.misses.append(f"{kind} {text[start:end]!r} in {text!r}")
         for f in found:
-            if not any(f.kind == kind and f.start < end and start < f.end for kind, start, end in gold):
+            if not any(
+                f.kind == kind and f.start < end and start < f.end for kind, start, end in gold
+            ):
                 result.false_positives[f.kind] += 1
-                result.false_alarms.append(f"{f.kind} {text[f.start:f.end]!r} in {text!r}")
+                result.false_alarms.append(f"{f.kind} {text[f.start : f.end]!r} in {text!r}")
     return result

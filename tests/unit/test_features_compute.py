@@ -57,12 +57,14 @@ class Session:
         self.events.append(event)
         return event
 
-    def user(self, at_ms: int, text: str = "hello", event_id: str | None = None,
-             **kw: Any) -> Event:
+    def user(
+        self, at_ms: int, text: str = "hello", event_id: str | None = None, **kw: Any
+    ) -> Event:
         return self.add(UserMessage(**self._env(at_ms, event_id), text=text, **kw))
 
-    def assistant(self, at_ms: int, text: str = "Hi! How can I help?",
-                  event_id: str | None = None, **kw: Any) -> Event:
+    def assistant(
+        self, at_ms: int, text: str = "Hi! How can I help?", event_id: str | None = None, **kw: Any
+    ) -> Event:
         return self.add(AssistantMessage(**self._env(at_ms, event_id), text=text, **kw))
 
     def cta_sent(self, at_ms: int, cta_id: str = "c1", event_id: str | None = None) -> Event:
@@ -106,10 +108,14 @@ def test_columns_in_contract_order_and_row_validates() -> None:
 
 def test_user_id_of_first_event_and_out_of_order_input_is_sorted() -> None:
     s = Session()
-    late = s.add(UserMessage(event_id="b", session_id="s-1", user_id="u-late",
-                             ts_ms=T0 + 5 * SEC, text="second"))
-    early = s.add(UserMessage(event_id="a", session_id="s-1", user_id="u-early",
-                              ts_ms=T0, text="first"))
+    late = s.add(
+        UserMessage(
+            event_id="b", session_id="s-1", user_id="u-late", ts_ms=T0 + 5 * SEC, text="second"
+        )
+    )
+    early = s.add(
+        UserMessage(event_id="a", session_id="s-1", user_id="u-early", ts_ms=T0, text="first")
+    )
     f = s.features()
     assert f.user_id == "u-early"
     assert f.session_start_ms == T0 and f.session_end_ms == T0 + 5 * SEC

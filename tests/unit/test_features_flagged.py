@@ -122,8 +122,8 @@ def test_long_texts_are_cut_to_one_common_cap_that_fits() -> None:
     assert size + cut > 1_000_000  # one more character per cut text would not fit
     assert cut == 41  # 40 long user texts and the corrected text; short ones stay whole
     assert [e["text"] for e in fitted["transcript"]][-2:] == ["short question", "ok"]
-    assert all(m["text"] == o["text"][: len(m["text"])]
-               for m, o in zip(fitted["transcript"], message["transcript"], strict=True))  # fmt: skip
+    pairs = zip(fitted["transcript"], message["transcript"], strict=True)
+    assert all(m["text"] == o["text"][: len(m["text"])] for m, o in pairs)
     assert fitted["features"] == message["features"] and fitted["reasons"] == message["reasons"]
     assert "omitted_transcript_entries" not in fitted
     assert validation_errors("flagged_session.v1", fitted) == []

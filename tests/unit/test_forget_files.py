@@ -40,8 +40,10 @@ def test_rows_by_user_and_by_their_sessions_go_files_left_empty_are_deleted(tmp_
     dlq = base / "dlq/part-0.jsonl"
     dlq.parent.mkdir(parents=True)
     dlq.write_text(
-        json.dumps({"reason": "invalid_json", "raw": '{"user_id": "alice", "text": "hi'}) + "\n"
-        + json.dumps({"reason": "invalid_json", "raw": '{"user_id": "alice2"}'}) + "\n"
+        json.dumps({"reason": "invalid_json", "raw": '{"user_id": "alice", "text": "hi'})
+        + "\n"
+        + json.dumps({"reason": "invalid_json", "raw": '{"user_id": "alice2"}'})
+        + "\n"
         + "not json at all\n"
     )
     forgetter = Forgetter("alice", s3_client_factory=None)

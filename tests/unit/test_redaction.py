@@ -24,7 +24,10 @@ from features.redaction import DEFAULT_REDACTOR, Redactor
         ("card 4111 1111 1111 1111 exp 09/28", "card <CARD> exp 09/28"),
         ("银联卡6222021234567890128", "银联卡<CARD>"),
         ("身份证11010519491231002X", "身份证<ID>"),
-        ("https://shop.example.com/r?u=7&token=ab12Cd34Ef56.", "https://shop.example.com/r?u=7&token=<URL_SECRET>."),
+        (
+            "https://shop.example.com/r?u=7&token=ab12Cd34Ef56.",
+            "https://shop.example.com/r?u=7&token=<URL_SECRET>.",
+        ),
         ("router 192.168.31.7, 设备IP10.0.0.8", "router <IP>, 设备IP<IP>"),
         ("v6 at 2001:db8::1 now", "v6 at <IP> now"),
         ("全角手机１３８１２３４５６７８", "全角手机<PHONE>"),

@@ -97,8 +97,11 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("order amount", {**ORDER, "amount": 120}),
     ("fsm_state", FSM),
     ("fsm_state from", {**FSM, "from_state": "greet"}),
-    *[(f"feedback {kind}", {**FEEDBACK, "kind": kind}) for kind in schemas.FEEDBACK_KINDS
-      if kind != "rating"],
+    *[
+        (f"feedback {kind}", {**FEEDBACK, "kind": kind})
+        for kind in schemas.FEEDBACK_KINDS
+        if kind != "rating"
+    ],
     *[(f"feedback rating {r}", {**FEEDBACK, "kind": "rating", "rating": r}) for r in (1, 3, 5)],
     (
         "feedback full",
@@ -144,8 +147,12 @@ INVALID: list[tuple[str, object, str, str | None]] = [
     ("fsm missing to_state", without(FSM, "to_state"), "missing_field", "to_state"),
     ("feedback missing kind", without(FEEDBACK, "kind"), "missing_field", "kind"),
     ("rating kind without rating", {**FEEDBACK, "kind": "rating"}, "missing_field", "rating"),
-    ("rating kind null rating", {**FEEDBACK, "kind": "rating", "rating": None},
-     "missing_field", "rating"),
+    (
+        "rating kind null rating",
+        {**FEEDBACK, "kind": "rating", "rating": None},
+        "missing_field",
+        "rating",
+    ),
     ("event_id int", {**USER, "event_id": 7}, "wrong_type", "event_id"),
     ("event_id empty", {**USER, "event_id": ""}, "out_of_range", "event_id"),
     ("event_id 129 chars", {**USER, "event_id": "e" * 129}, "out_of_range", "event_id"),
@@ -160,14 +167,25 @@ INVALID: list[tuple[str, object, str, str | None]] = [
     ("ts_ms seconds", {**USER, "ts_ms": TS // 1000}, "out_of_range", "ts_ms"),
     ("ts_ms negative", {**USER, "ts_ms": -1}, "out_of_range", "ts_ms"),
     ("event_type int", {**USER, "event_type": 1}, "wrong_type", "event_type"),
-    ("event_type unknown", {**USER, "event_type": "page_view"}, "unknown_event_type",
-     "event_type"),
-    ("event_type wrong case", {**USER, "event_type": "User_Message"}, "unknown_event_type",
-     "event_type"),
-    ("schema_version 2", {**USER, "schema_version": 2}, "unsupported_schema_version",
-     "schema_version"),
-    ("schema_version 99 new type", {**USER, "schema_version": 99, "event_type": "x"},
-     "unsupported_schema_version", "schema_version"),
+    ("event_type unknown", {**USER, "event_type": "page_view"}, "unknown_event_type", "event_type"),
+    (
+        "event_type wrong case",
+        {**USER, "event_type": "User_Message"},
+        "unknown_event_type",
+        "event_type",
+    ),
+    (
+        "schema_version 2",
+        {**USER, "schema_version": 2},
+        "unsupported_schema_version",
+        "schema_version",
+    ),
+    (
+        "schema_version 99 new type",
+        {**USER, "schema_version": 99, "event_type": "x"},
+        "unsupported_schema_version",
+        "schema_version",
+    ),
     ("schema_version 0", {**USER, "schema_version": 0}, "out_of_range", "schema_version"),
     ("schema_version string", {**USER, "schema_version": "1"}, "wrong_type", "schema_version"),
     ("schema_version 1.0", {**USER, "schema_version": 1.0}, "wrong_type", "schema_version"),
@@ -179,21 +197,30 @@ INVALID: list[tuple[str, object, str, str | None]] = [
     ("assistant text too large", {**ASSISTANT, "text": "😀" * 8193}, "too_large", "text"),
     ("confidence > 1", {**USER, "intent_confidence": 1.01}, "out_of_range", "intent_confidence"),
     ("confidence < 0", {**USER, "intent_confidence": -0.1}, "out_of_range", "intent_confidence"),
-    ("confidence string", {**USER, "intent_confidence": "0.5"}, "wrong_type",
-     "intent_confidence"),
+    ("confidence string", {**USER, "intent_confidence": "0.5"}, "wrong_type", "intent_confidence"),
     ("confidence bool", {**USER, "intent_confidence": True}, "wrong_type", "intent_confidence"),
-    ("objection confidence 2", {**USER, "objection_confidence": 2}, "out_of_range",
-     "objection_confidence"),
+    (
+        "objection confidence 2",
+        {**USER, "objection_confidence": 2},
+        "out_of_range",
+        "objection_confidence",
+    ),
     ("request_id int", {**USER, "request_id": 5}, "wrong_type", "request_id"),
-    ("predicted_intent object", {**USER, "predicted_intent": {}}, "wrong_type",
-     "predicted_intent"),
+    ("predicted_intent object", {**USER, "predicted_intent": {}}, "wrong_type", "predicted_intent"),
     ("model_version bool", {**USER, "model_version": False}, "wrong_type", "model_version"),
-    ("response_time negative", {**ASSISTANT, "response_time_ms": -1}, "out_of_range",
-     "response_time_ms"),
-    ("response_time float", {**ASSISTANT, "response_time_ms": 12.5}, "wrong_type",
-     "response_time_ms"),
-    ("response_time 3.0", {**ASSISTANT, "response_time_ms": 3.0}, "wrong_type",
-     "response_time_ms"),
+    (
+        "response_time negative",
+        {**ASSISTANT, "response_time_ms": -1},
+        "out_of_range",
+        "response_time_ms",
+    ),
+    (
+        "response_time float",
+        {**ASSISTANT, "response_time_ms": 12.5},
+        "wrong_type",
+        "response_time_ms",
+    ),
+    ("response_time 3.0", {**ASSISTANT, "response_time_ms": 3.0}, "wrong_type", "response_time_ms"),
     ("prompt_version int", {**ASSISTANT, "prompt_version": 2}, "wrong_type", "prompt_version"),
     ("cta_id int", {**CTA_SENT, "cta_id": 9}, "wrong_type", "cta_id"),
     ("cta_type int", {**CTA_SENT, "cta_type": 9}, "wrong_type", "cta_type"),
@@ -335,12 +362,17 @@ def test_parse_error_carries_trace_ids_when_readable() -> None:
 
 @pytest.mark.parametrize(
     ("quantity", "valid"),
-    [(b"9223372036854775807", True), (b"9223372036854775808", False),
-     (b"99999999999999999999", False)],
+    [
+        (b"9223372036854775807", True),
+        (b"9223372036854775808", False),
+        (b"99999999999999999999", False),
+    ],
 )
 def test_integers_are_int64(quantity: bytes, valid: bool) -> None:
-    raw = (b'{"event_id":"e","event_type":"cart_add","schema_version":1,"session_id":"s",'
-           b'"user_id":"u","ts_ms":1700000000000,"sku":"x","quantity":' + quantity + b"}")
+    raw = (
+        b'{"event_id":"e","event_type":"cart_add","schema_version":1,"session_id":"s",'
+        b'"user_id":"u","ts_ms":1700000000000,"sku":"x","quantity":' + quantity + b"}"
+    )
     result = parse(raw)
     assert (validation_errors("event.v1", json.loads(raw)) == []) is valid
     if valid:
@@ -360,7 +392,8 @@ def test_duplicate_keys_last_wins() -> None:
 def test_dlq_reasons() -> None:
     assert set(schemas.DLQ_REASONS) == {
         "invalid_json", "not_an_object", "missing_field", "wrong_type", "out_of_range",
-        "too_large", "unknown_event_type", "unsupported_schema_version", "future_event", "late_event",
+        "too_large", "unknown_event_type", "unsupported_schema_version", "future_event",
+        "late_event",
     }  # fmt: skip
     assert schemas.load_schema("dlq_message.v1")["properties"]["reason"]["enum"] == list(
         schemas.DLQ_REASONS

@@ -240,9 +240,15 @@ def test_checkpoints_default_below_the_output_base_never_in_memory(
 
     assert checkpoint_dir(ctx()) == "s3://lake/flywheel/checkpoints"
     assert checkpoint_dir(ctx(output_base="s3://b/p/")) == "s3://b/p/checkpoints"
-    assert checkpoint_dir(ctx(output_base=str(tmp_path))) == tmp_path.resolve().as_uri() + "/checkpoints"
+    assert (
+        checkpoint_dir(ctx(output_base=str(tmp_path)))
+        == tmp_path.resolve().as_uri() + "/checkpoints"
+    )
     assert checkpoint_dir(ctx(checkpoint_dir="s3://b/ck/")) == "s3://b/ck"
-    assert checkpoint_dir(ctx(checkpoint_dir=str(tmp_path / "ck"))) == (tmp_path / "ck").resolve().as_uri()
+    assert (
+        checkpoint_dir(ctx(checkpoint_dir=str(tmp_path / "ck")))
+        == (tmp_path / "ck").resolve().as_uri()
+    )
 
 
 def test_embedding_model_path_must_be_a_saved_sentence_model(tmp_path: Path) -> None:

@@ -336,7 +336,9 @@ def _admit_all(state: TrackerState, *events: object) -> None:
 
 
 def _reply(event_id: str, ts_ms: int) -> AssistantMessage:
-    return AssistantMessage(event_id=event_id, session_id="s1", user_id="u1", ts_ms=ts_ms, text="ok")
+    return AssistantMessage(
+        event_id=event_id, session_id="s1", user_id="u1", ts_ms=ts_ms, text="ok"
+    )
 
 
 def _cta(event_id: str, ts_ms: int, cta_id: str = "c1") -> CtaSent:
@@ -349,7 +351,9 @@ def _click(event_id: str, ts_ms: int, cta_id: str = "c1") -> CtaClick:
 
 def timers(state: TrackerState, watermark_ms: int = NO_WATERMARK, windows: bool = True) -> set[int]:
     return tracker.event_time_timers(
-        state, watermark_ms, GAP,
+        state,
+        watermark_ms,
+        GAP,
         cta_window_ms=CTA_WINDOW if windows else None,
         silence_gap_ms=SILENCE if windows else None,
     )
@@ -376,8 +380,11 @@ def test_unanswered_reply_and_unclicked_cta_need_their_deadlines() -> None:
 def test_a_reply_answered_in_time_and_a_cta_clicked_in_time_need_no_timer() -> None:
     state = TrackerState()
     _admit_all(
-        state, _reply("a", 1_000), msg("b", 1_000 + SILENCE),  # inclusive window end
-        _cta("c", 2_000), _click("d", 2_000 + CTA_WINDOW),
+        state,
+        _reply("a", 1_000),
+        msg("b", 1_000 + SILENCE),  # inclusive window end
+        _cta("c", 2_000),
+        _click("d", 2_000 + CTA_WINDOW),
     )
     assert timers(state) == {2_000 + CTA_WINDOW + GAP}
 
@@ -385,8 +392,11 @@ def test_a_reply_answered_in_time_and_a_cta_clicked_in_time_need_no_timer() -> N
 def test_an_answer_or_click_after_the_window_keeps_the_deadline() -> None:
     state = TrackerState()
     _admit_all(
-        state, _reply("a", 1_000), msg("b", 1_001 + SILENCE),
-        _cta("c", 2_000), _click("d", 2_001 + CTA_WINDOW, cta_id="c1"),
+        state,
+        _reply("a", 1_000),
+        msg("b", 1_001 + SILENCE),
+        _cta("c", 2_000),
+        _click("d", 2_001 + CTA_WINDOW, cta_id="c1"),
     )
     assert timers(state) == {1_000 + SILENCE, 2_000 + CTA_WINDOW, 2_001 + CTA_WINDOW + GAP}
 

@@ -85,3 +85,13 @@ def test_an_attacker_copying_honest_texts_takes_out_only_themselves() -> None:
     kept, review = trust_user_labels(honest + copies, max_corrections_per_user=20)
     assert {s.user_id for s in kept} == {f"user-{n}" for n in range(5)}
     assert {s.user_id for s in review} == {"mallory"}
+
+
+def test_trusting_twice_changes_nothing() -> None:
+    honest = [correction(f"user-{n}", f"question {n}", "shipping", n) for n in range(5)]
+    copies = [correction("mallory", f"question {n}", "price", 100 + n) for n in range(5)]
+    capped = [correction("bob", f"bob asks {n}", "price", 200 + n) for n in range(30)]
+    kept, review = trust_user_labels(honest + copies + capped, max_corrections_per_user=20)
+    again, more = trust_user_labels(kept + review, max_corrections_per_user=20)
+    assert {s.key for s in again if s.label} == {s.key for s in kept if s.label}
+    assert not [s for s in more if s.key not in {r.key for r in review}]
