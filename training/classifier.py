@@ -33,6 +33,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from features.redaction import Redactor  # noqa: E402
 from training.data import TrainingExample, check_labels, dataset_sha256  # noqa: E402
 from training.errors import AdapterError, EmptyPoolError, OneClassPoolError  # noqa: E402
 from training.settings import TrainerConfig  # noqa: E402
@@ -257,7 +258,9 @@ def _write_json(path: Path, payload: Any) -> None:
     )
 
 
-def write_training_data(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
+def write_training_data(
+    path: Path, rows: Sequence[Mapping[str, Any]], redactor: Redactor | None = None
+) -> str:
     """Write the exact training rows as Parquet; return their sha256 fingerprint.
 
     Texts are redacted once more on their way out (contract section 6): pool texts already
@@ -268,9 +271,10 @@ def write_training_data(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
 
     from features.redaction import DEFAULT_REDACTOR
 
+    redact = (redactor or DEFAULT_REDACTOR).redact
     columns = ["text", "label", "origin", "slice", "session_id", "request_id", "quality", "split"]
     table = pa.table({c: [str(r.get(c, "") or "") for r in rows] for c in columns})
-    texts = [DEFAULT_REDACTOR.redact(t) for t in table.column("text").to_pylist()]
+    texts = [redact(t) for t in table.column("text").to_pylist()]
     table = table.set_column(0, "text", pa.array(texts, pa.string()))
     pq.write_table(table, path)
     return dataset_sha256(rows)
@@ -287,8 +291,12 @@ def train_intent_adapter(
     source_offsets: Sequence[Mapping[str, Any]] = (),
     extra_rows: Sequence[Mapping[str, Any]] = (),
     version: str = "",
+    redactor: Redactor | None = None,
 ) -> TrainResult:
     """Train a LoRA intent adapter and save it with its config, data ref and offsets.
+
+    ``redactor`` (default: contract section 6's kinds) redacts the stored training rows;
+    give the pool's, with its ``redact_patterns``.
 
     ``extra_rows`` are written to training_data.parquet beside the trained rows
     (the held-out pool keys), so the version records exactly what it did not see.
@@ -341,7 +349,7 @@ def train_intent_adapter(
         }
         for e in examples
     ] + list(extra_rows)
-    data_sha = write_training_data(out / TRAINING_DATA_FILE, rows)
+    data_sha = write_training_data(out / TRAINING_DATA_FILE, rows, redactor)
     _write_json(out / LABEL_MAP_FILE, {"labels": list(labels)})
     training_config = {
         "task": "intent",

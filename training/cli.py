@@ -84,6 +84,7 @@ class Env:
             self.s3,
             self.settings.pool.prefix,
             max_corrections_per_user=self.settings.pool.max_corrections_per_user,
+            redact_patterns=self.settings.pool.redact_patterns,
         )
 
 
@@ -187,7 +188,9 @@ def label_export(out_path: Path, include_labeled: bool, limit: int | None) -> No
     samples = sorted(
         samples, key=lambda s: (s.confidence if s.confidence is not None else 0.0, s.key)
     )
-    tasks = export_tasks(samples, include_labeled=include_labeled)[:limit]
+    tasks = export_tasks(samples, include_labeled=include_labeled, redactor=env.store().redactor)[
+        :limit
+    ]
     write_tasks(tasks, out_path)
     click.echo(f"wrote {len(tasks)} task(s) to {out_path}")
 

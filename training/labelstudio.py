@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from features.redaction import DEFAULT_REDACTOR
+from features.redaction import DEFAULT_REDACTOR, Redactor
 from training.data import QUALITY_REVIEW, PoolSample
 from training.errors import LabelImportError
 
@@ -43,12 +43,12 @@ def labeling_config(labels: Sequence[str]) -> str:
     )
 
 
-def to_task(sample: PoolSample) -> dict[str, Any]:
+def to_task(sample: PoolSample, redactor: Redactor = DEFAULT_REDACTOR) -> dict[str, Any]:
     """One Label Studio task with the model's prediction as pre-annotation."""
     ids = {"session_id": sample.session_id, "request_id": sample.request_id}
     task: dict[str, Any] = {
         "data": {
-            "text": DEFAULT_REDACTOR.redact(sample.text),
+            "text": redactor.redact(sample.text),
             **ids,
             "predicted_intent": sample.predicted_intent,
             "confidence": sample.confidence,
@@ -80,10 +80,13 @@ def to_task(sample: PoolSample) -> dict[str, Any]:
 
 
 def export_tasks(
-    samples: Iterable[PoolSample], *, include_labeled: bool = False
+    samples: Iterable[PoolSample],
+    *,
+    include_labeled: bool = False,
+    redactor: Redactor = DEFAULT_REDACTOR,
 ) -> list[dict[str, Any]]:
     """Tasks for the review queue (or every sample with ``include_labeled``)."""
-    return [to_task(s) for s in samples if include_labeled or s.quality == QUALITY_REVIEW]
+    return [to_task(s, redactor) for s in samples if include_labeled or s.quality == QUALITY_REVIEW]
 
 
 def write_tasks(tasks: Sequence[Mapping[str, Any]], path: Path) -> None:

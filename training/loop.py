@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.settings import KafkaSettings, S3Settings
+from features.redaction import Redactor
 from training.classifier import Predictor, TrainResult, read_label_map, train_intent_adapter
 from training.data import (
     TrainingExample,
@@ -129,6 +130,7 @@ def train_candidate(
         source_offsets=training_set.source_offsets,
         extra_rows=eval_rows,
         version=version,
+        redactor=Redactor(settings.pool.redact_patterns),
     )
     return Candidate(result=result, training_set=training_set, parent_dir=parent_dir)
 
@@ -318,7 +320,10 @@ def run_loop(
     """consume pool -> check trigger -> train -> gate -> register -> promote to canary."""
     registry = Registry(s3, settings.registry, redis=redis, redis_prefix=redis_prefix)
     store = PoolStore(
-        s3, settings.pool.prefix, max_corrections_per_user=settings.pool.max_corrections_per_user
+        s3,
+        settings.pool.prefix,
+        max_corrections_per_user=settings.pool.max_corrections_per_user,
+        redact_patterns=settings.pool.redact_patterns,
     )
     report = LoopReport()
     if consume and kafka is not None:

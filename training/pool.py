@@ -133,7 +133,11 @@ class PoolStore:
         *,
         client: Any = None,
         max_corrections_per_user: int | None = None,
+        redact_patterns: Sequence[str] = (),
     ) -> None:
+        from features.redaction import Redactor
+
+        self.redactor = Redactor(tuple(redact_patterns))
         # With a cap, readers see end users' untrusted corrections as the review queue
         # sees them (``trust_user_labels``): the same as the next training set does.
         self.max_corrections_per_user = max_corrections_per_user
@@ -198,10 +202,8 @@ class PoolStore:
 
     def write_human_labels(self, rows: Sequence[Mapping[str, Any]]) -> str:
         """Write imported labels (texts redacted); the object name is the hash of its content."""
-        from features.redaction import DEFAULT_REDACTOR
-
         rows = [
-            {**r, "text": DEFAULT_REDACTOR.redact(r["text"])}
+            {**r, "text": self.redactor.redact(r["text"])}
             if isinstance(r.get("text"), str)
             else dict(r)
             for r in rows

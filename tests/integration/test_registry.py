@@ -201,3 +201,53 @@ def test_router_sends_the_canary_share_to_the_canary(
     registry.rollback(CANARY)
     clock[0] = 62.0
     assert {router.adapter_for(u) for u in users} == {v1}
+
+
+def test_registry_objects_hold_no_personal_data(
+    registry: Registry, adapters: list[Path], tmp_path: Path
+) -> None:
+    """Contract section 6: pool texts that were not redacted (an older pool) are redacted
+    in the training rows stored with the version, user patterns included; no object of
+    the version holds a raw value."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from features.redaction import Redactor
+    from training.data import TrainingExample
+
+    raw_values = [
+        "li.wei88@example.com", "13812345678", "4111 1111 1111 1111", "11010519491231002X",
+        "ab12Cd34Ef56", "192.168.31.7", "VIP-204811",
+    ]  # fmt: skip
+    texts = [
+        "我的手机13812345678, mail li.wei88@example.com",
+        "card 4111 1111 1111 1111 and 身份证11010519491231002X",
+        "https://x.example/r?token=ab12Cd34Ef56 from 192.168.31.7",
+        "Member VIP-204811 asks when it arrives",
+    ]
+    pool = [
+        TrainingExample(text=t, label=INTENTS[n % len(INTENTS)], origin="pool", session_id=f"s{n}")
+        for n, t in enumerate(texts)
+    ]
+    examples = base_examples(base_dataset(0, per_intent=2)) + pool
+    config = TrainerConfig(base_model_path=adapters[0].parent / "tiny-bert", epochs=1, device="cpu")
+    result = train_intent_adapter(
+        examples, tmp_path / "pii", labels=INTENTS, config=config,
+        redactor=Redactor((r"VIP-\d{6}",)),
+    )  # fmt: skip
+    version = registry.register(result.adapter_dir, status="candidate")
+
+    contents = []
+    for key in _objects(registry):
+        body = registry.client.get_object(Bucket=registry.bucket, Key=key)["Body"].read()
+        if key.endswith(".parquet"):
+            contents.append(pq.read_table(io.BytesIO(body)).to_pandas().to_json(force_ascii=False))
+        else:
+            contents.append(body.decode("utf-8", errors="replace"))
+    everything = "\n".join(contents)
+    assert version in everything
+    leaked = [v for v in raw_values if v in everything]
+    assert not leaked, f"raw personal data in the registry: {leaked}"
+    for placeholder in ("<PHONE>", "<EMAIL>", "<CARD>", "<ID>", "<URL_SECRET>", "<IP>"):
+        assert placeholder in everything, placeholder
