@@ -1,8 +1,10 @@
 """Forgetting a user (contract section 6): the deny list's identity of a user.
 
-The deny list holds a keyed hash of each forgotten ``user_id``, never the id itself, so
-the list (and the audit records that name it) carry no personal data. Pure: the Redis
-set that holds the list is named by ``denied_users_key``.
+The deny list holds a domain-separated SHA-256 of each forgotten ``user_id``, never the
+id itself, so the list (and the audit records that name it) do not spell out the id. It
+is pseudonymous, not anonymous: whoever can guess an id (a sequential number, an e-mail)
+can hash it and find it in the list. Pure: the Redis set that holds the list is named by
+``denied_users_key``.
 """
 
 from __future__ import annotations

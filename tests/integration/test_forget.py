@@ -162,6 +162,17 @@ def test_forget_removes_the_user_everywhere_and_denies_their_later_events(
         for key in client.scan_iter(match=f"{box.redis_prefix}session:*"):
             assert client.hget(key, "user_id") != target
 
+        # The flagged topic keeps their messages until its retention ends: a pool
+        # consumer reading it again from the start denies them and stores none.
+        replay = PoolConsumer(
+            kafka=stack_endpoints.kafka_settings(), store=store,
+            config=PoolConfig(consumer_group=f"pool-{uuid.uuid4().hex[:8]}"), labels=INTENTS,
+            topic=box.flagged_topic, redis=box.redis(), redis_prefix=box.redis_prefix,
+        ).run(idle_timeout_s=5)  # fmt: skip
+        assert replay.denied == flagged_users[target]
+        assert replay.messages == len(reference.flagged)
+        assert not [s for s in store.read_samples().samples if s.user_id == target]
+
         # Again: nothing more to remove, nothing changes.
         stored = _everything(box)
         again = _forget(box, target, export)
