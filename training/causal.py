@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from features.redaction import DEFAULT_REDACTOR, Redactor
 from training.classifier import (
     DATA_REF_FILE,
     SOURCE_OFFSETS_FILE,
@@ -108,8 +109,13 @@ def train_response_adapter(
     config: CausalTrainerConfig,
     version: str = "",
     data_sources: Sequence[dict[str, Any]] = (),
+    redactor: Redactor | None = None,
 ) -> CausalTrainResult:
-    """Train a LoRA adapter that rewrites responses the way users corrected them."""
+    """Train a LoRA adapter that rewrites responses the way users corrected them.
+
+    The stored training rows are redacted once more on their way out (contract section
+    6; ``redactor`` defaults to its kinds): pool texts already are.
+    """
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -176,12 +182,13 @@ def train_response_adapter(
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out / "tokenizer"))
     eval_keys = {p.key for p in eval_pairs}
+    redact = (redactor or DEFAULT_REDACTOR).redact
     rows = [
         {
             "session_id": p.session_id,
             "request_id": p.request_id,
-            "prompt": p.prompt,
-            "corrected_response": p.corrected_response,
+            "prompt": redact(p.prompt),
+            "corrected_response": redact(p.corrected_response),
             "split": "eval" if p.key in eval_keys else "train",
         }
         for p in usable

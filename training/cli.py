@@ -346,6 +346,7 @@ def _train_response(env: Env, settings: Any, out_dir: Path | None, promote: bool
         config=settings.causal,
         version=version,
         data_sources=[{"kind": "pool_edits", "uri": r.uri, "sha256": r.sha256} for r in refs],
+        redactor=store.redactor,
     )
     summary = {
         "adapter_dir": str(result.adapter_dir),

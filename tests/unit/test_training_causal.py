@@ -82,3 +82,28 @@ def test_response_task_bad_input(tmp_path: Path, tiny_lm: Path) -> None:
     with pytest.raises(AdapterError, match="causal LM"):
         train_response_adapter(_pairs(4), tmp_path / "x", config=CausalTrainerConfig())
     assert not (tmp_path / "x").exists()
+
+
+def test_stored_training_rows_are_redacted(tmp_path: Path, tiny_lm: Path) -> None:
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from features.redaction import Redactor
+
+    pairs = [
+        dataclasses.replace(
+            p,
+            prompt=p.prompt + " mail li.wei88@example.com",
+            corrected_response=p.corrected_response + " Member VIP-204811, call 13812345678.",
+        )
+        for p in _pairs(8)
+    ]
+    config = CausalTrainerConfig(base_model_path=tiny_lm, epochs=1, device="cpu")
+    result = train_response_adapter(
+        pairs, tmp_path / "r", config=config, redactor=Redactor((r"VIP-\d{6}",))
+    )
+    stored = json.dumps(pq.read_table(result.adapter_dir / "training_data.parquet").to_pylist())
+    for raw in ("li.wei88@example.com", "VIP-204811", "13812345678"):
+        assert raw not in stored
+    assert "<EMAIL>" in stored and "<ID>" in stored and "<PHONE>" in stored
