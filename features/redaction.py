@@ -76,9 +76,7 @@ _CN_MOBILE = re.compile(
     r"(?a)(?<![A-Za-z0-9+])(?:(?:\+|00)?86[ \-]?|\(\+?86\)[ \-]?)?"
     rf"1[3-9]\d(?:[ \-]?\d{{4}}){{2}}{_E}"
 )
-_CN_LANDLINE = re.compile(
-    rf"(?a){_B}(?:\(0\d{{2,3}}\)|0\d{{2,3}})[ \-]?\d{{3,4}}[ \-]?\d{{4}}{_E}"
-)
+_CN_LANDLINE = re.compile(rf"(?a){_B}(?:\(0\d{{2,3}}\)|0\d{{2,3}})[ \-]?\d{{3,4}}[ \-]?\d{{4}}{_E}")
 _US_PHONE = re.compile(
     rf"(?a){_B}(?:\+?1[ .\-]?)?(?:\(\d{{3}}\)[ .\-]?|\d{{3}}[ .\-])\d{{3}}[ .\-]\d{{4}}{_E}"
 )
@@ -86,9 +84,7 @@ _US_PHONE = re.compile(
 _IPV4 = re.compile(
     r"(?a)(?:(?<![A-Za-z0-9.])|(?<=IP)|(?<=ip))(?:\d{1,3}\.){3}\d{1,3}(?![A-Za-z0-9]|\.\d)"
 )
-_IPV6 = re.compile(
-    r"(?<![A-Za-z0-9:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![A-Za-z0-9:])"
-)
+_IPV6 = re.compile(r"(?<![A-Za-z0-9:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![A-Za-z0-9:])")
 # "version 10.2.0.1", "版本 10.2.0.1", "build 4.1.0.2": a version, not an address.
 # "系统版本 HarmonyOS 4.2.0.137", "iOS 17.4.1.2", "MIUI 14.0.3.0": a version too.
 _VERSION_BEFORE = re.compile(

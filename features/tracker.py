@@ -72,7 +72,9 @@ class TrackerState:
 
     def is_empty(self) -> bool:
         return not (
-            self.open_events or self.seen_event_ts or self.closed_sessions
+            self.open_events
+            or self.seen_event_ts
+            or self.closed_sessions
             or self.closed_until_ms is not None
         )
 
@@ -130,9 +132,7 @@ def _session_containing(events: list[Event], event: Event, session_gap_ms: int) 
     raise LookupError(event.event_id)  # pragma: no cover - event was just inserted
 
 
-def admit(
-    state: TrackerState, event: Event, watermark_ms: int, session_gap_ms: int
-) -> Admission:
+def admit(state: TrackerState, event: Event, watermark_ms: int, session_gap_ms: int) -> Admission:
     """Offer one event: count it once, refuse it when its session already closed."""
     if event.event_id in state.seen_event_ts:
         return Admission.DUPLICATE

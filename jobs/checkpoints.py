@@ -42,9 +42,7 @@ def _local_candidates(root: Path) -> list[RetainedCheckpoint]:
         directory = metadata.parent.relative_to(root).as_posix()
         if _CHECKPOINT.search(directory) or _SAVEPOINT.search(directory):
             found.append(
-                RetainedCheckpoint(
-                    metadata.parent.as_uri(), int(metadata.stat().st_mtime * 1000)
-                )
+                RetainedCheckpoint(metadata.parent.as_uri(), int(metadata.stat().st_mtime * 1000))
             )
     return found
 

@@ -208,8 +208,12 @@ def run_streaming(
     """
     if jobmanager:
         return _run_on_cluster(
-            ctx, jobmanager, savepoint, overrides or {},
-            stop_when_idle_s=stop_when_idle_s, drain=drain,
+            ctx,
+            jobmanager,
+            savepoint,
+            overrides or {},
+            stop_when_idle_s=stop_when_idle_s,
+            drain=drain,
         )
     client = start_streaming(ctx, savepoint=savepoint)
     if stop_when_idle_s is None:
@@ -389,8 +393,17 @@ def _run_on_cluster(
     # -pyclientexec: the client that builds the job graph must be this venv's Python too
     # (else `flink run` takes the first `python` on PATH, without this project's packages).
     cmd = [
-        _flink_cli(), "run", "-m", jobmanager, "-d", "-py", str(entry),
-        "-pyexec", sys.executable, "-pyclientexec", sys.executable,
+        _flink_cli(),
+        "run",
+        "-m",
+        jobmanager,
+        "-d",
+        "-py",
+        str(entry),
+        "-pyexec",
+        sys.executable,
+        "-pyclientexec",
+        sys.executable,
     ]
     if savepoint:
         cmd[2:2] = ["-s", savepoint]

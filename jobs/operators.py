@@ -201,7 +201,9 @@ class ParseEvents(ProcessFunction):
 
             self._sink = RedisSessionSink(self._redis_factory(), self._key_prefix)
         self._deny_list = DenyListReader(
-            getattr(self, "_denied_users", frozenset()), self._sink, self._key_prefix,
+            getattr(self, "_denied_users", frozenset()),
+            self._sink,
+            self._key_prefix,
             getattr(self, "_deny_list_refresh_ms", 10_000),
         )
 
@@ -218,10 +220,12 @@ class ParseEvents(ProcessFunction):
         ):
             return None
         return ParseError(
-            "future_event", "ts_ms",
+            "future_event",
+            "ts_ms",
             f"ts_ms {event.ts_ms} is {event.ts_ms - (record_ts_ms or 0)} ms ahead of the "
             f"record's timestamp {record_ts_ms} (max_future_skew {settings.max_future_skew_ms} ms)",
-            event_id=event.event_id, session_id=event.session_id,
+            event_id=event.event_id,
+            session_id=event.session_id,
         )
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
@@ -236,8 +240,12 @@ class ParseEvents(ProcessFunction):
             result = self._future_event(result, record_ts_ms) or result
         if isinstance(result, ParseError):
             message = build_dlq_message(
-                result, raw, source_topic=topic, source_partition=partition,
-                source_offset=offset, rejected_at_ms=_now_ms(),
+                result,
+                raw,
+                source_topic=topic,
+                source_partition=partition,
+                source_offset=offset,
+                rejected_at_ms=_now_ms(),
             )
             if self._sink is not None:
                 self._sink.count_once(
@@ -324,7 +332,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             from jobs.embedding import EmbeddingProcess
 
             self.embedder = EmbeddingProcess(
-                self._python_executable, settings.embedding_model_path,
+                self._python_executable,
+                settings.embedding_model_path,
                 settings.embedding_batch_size,
                 settings.embedding_threads,
             )
@@ -333,7 +342,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             from jobs.redis_sink import RedisSessionSink
 
             self.sink = RedisSessionSink(
-                self._redis_factory(), self._key_prefix, self._session_ttl_s,
+                self._redis_factory(),
+                self._key_prefix,
+                self._session_ttl_s,
                 flush_interval_ms=int(settings.redis_flush_interval.total_seconds() * 1000),
             )
         self.flush_timer_ms: int | None = None
@@ -404,7 +415,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def _event_timers(self, ctx: Any, state: tracker.TrackerState) -> set[int]:
         windows = self.sink is not None  # only the online store shows open sessions
         return tracker.event_time_timers(
-            state, ctx.timer_service().current_watermark(), self.gap_ms,
+            state,
+            ctx.timer_service().current_watermark(),
+            self.gap_ms,
             cta_window_ms=self.config.cta_window_ms if windows else None,
             silence_gap_ms=self.config.silence_gap_ms if windows else None,
         )
@@ -470,9 +483,13 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if self.embedder is None:
             return
         self._harvest(wait=False)
-        if self.pending_texts and not self.in_flight_ids and (
-            len(self.pending_texts) >= self.embed_batch
-            or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
+        if (
+            self.pending_texts
+            and not self.in_flight_ids
+            and (
+                len(self.pending_texts) >= self.embed_batch
+                or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
+            )
         ):
             for event_id, text in list(self.pending_texts.items()):
                 known = self.text_vectors.get(text)  # encoded since it was queued
@@ -487,12 +504,14 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self.embedder.submit(list(dict.fromkeys(self.in_flight_texts)))
                 self.submitted_at_ms = _now_ms()
 
-    def _missing_vectors(self, state: tracker.TrackerState, events: list[Event]) -> list[UserMessage]:
-        return [
-            e for e in events if isinstance(e, UserMessage) and e.event_id not in state.vectors
-        ]
+    def _missing_vectors(
+        self, state: tracker.TrackerState, events: list[Event]
+    ) -> list[UserMessage]:
+        return [e for e in events if isinstance(e, UserMessage) and e.event_id not in state.vectors]
 
-    def _collect_vectors(self, state: tracker.TrackerState, events: list[Event], *, force: bool) -> bool:
+    def _collect_vectors(
+        self, state: tracker.TrackerState, events: list[Event], *, force: bool
+    ) -> bool:
         """Move computed vectors into state; with ``force`` encode what is missing now."""
         if self.embedder is None:
             return True
@@ -537,15 +556,22 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         }
         return {event_id: v for event_id, v in vectors.items() if not is_unreadable(v)}
 
-    def _compute(self, state: tracker.TrackerState, events: list[Event], as_of_ms: int | None) -> Any:
+    def _compute(
+        self, state: tracker.TrackerState, events: list[Event], as_of_ms: int | None
+    ) -> Any:
         from features import compute_features
 
         return compute_features(
-            events, self.config, self.rules,
-            embeddings=self._embeddings(state, events), as_of_ms=as_of_ms,
+            events,
+            self.config,
+            self.rules,
+            embeddings=self._embeddings(state, events),
+            as_of_ms=as_of_ms,
         )
 
-    def _write_open(self, state: tracker.TrackerState, session: list[Event], watermark_ms: int) -> None:
+    def _write_open(
+        self, state: tracker.TrackerState, session: list[Event], watermark_ms: int
+    ) -> None:
         if self.sink is None or self.deny_list.denies(session[0].user_id):
             return
         if not self._collect_vectors(state, session, force=False):
@@ -590,7 +616,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 )
                 counters[model_counter(model, "flagged_sessions")] = int(row["flagged"])
                 state.count(counters, epoch=f"close:{row['session_id']}:{row['session_start_ms']}")
-            yield Row(*[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"]))
+            yield Row(
+                *[row[name] for name in FEATURE_ROW_NAMES[:-1]], utc_date(row["session_end_ms"])
+            )
             if row["flagged"]:
                 message = fit_flagged_message(
                     build_flagged_message(session, feats, self.redactor), self.flagged_max_bytes
@@ -660,13 +688,18 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         elif admission is tracker.Admission.LATE:
             counters.update({"dlq": 1, "dlq:late_event": 1})
             error = ParseError(
-                "late_event", None,
+                "late_event",
+                None,
                 f"session of {event.session_id} already closed (watermark {watermark_ms})",
-                event_id=event.event_id, session_id=event.session_id,
+                event_id=event.event_id,
+                session_id=event.session_id,
             )
             message = build_dlq_message(
-                error, position.raw, source_topic=position.topic,
-                source_partition=position.partition, source_offset=position.offset,
+                error,
+                position.raw,
+                source_topic=position.topic,
+                source_partition=position.partition,
+                source_offset=position.offset,
                 rejected_at_ms=_now_ms(),
             )
             yield DLQ_TAG, Row(event.session_id, dead_letter_json(message, len(position.raw)))

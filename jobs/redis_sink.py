@@ -60,7 +60,8 @@ for i = 8, #ARGV, 2 do
     if sep then
       local rest = string.sub(field, sep + 1)
       local sep2 = string.find(rest, '\\31', 1, true)
-      redis.call('HINCRBY', ARGV[7] .. string.sub(rest, 1, sep2 - 1), string.sub(rest, sep2 + 1), delta)
+      local model_key = ARGV[7] .. string.sub(rest, 1, sep2 - 1)
+      redis.call('HINCRBY', model_key, string.sub(rest, sep2 + 1), delta)
     else
       redis.call('HINCRBY', ARGV[4], field, delta)
       redis.call('HINCRBY', ARGV[5], field, delta)
@@ -108,9 +109,7 @@ def session_version(session_end_ms: int, closed: bool, event_count: int, as_of_m
     session, its close included, would be refused), while its end never decreases. A later
     session of the same session_id ends later, so it still wins over an earlier one.
     """
-    return (
-        f"{max(session_end_ms, 0):016d}:{int(closed)}:{event_count:08d}:{max(as_of_ms, 0):016d}"
-    )
+    return f"{max(session_end_ms, 0):016d}:{int(closed)}:{event_count:08d}:{max(as_of_ms, 0):016d}"
 
 
 class RedisSessionSink:
@@ -294,7 +293,9 @@ class RedisSessionSink:
     def pipeline(self) -> Any:
         return self._redis.pipeline(transaction=False)
 
-    def count(self, counters: Mapping[str, int], *, pipe: Any = None, now_ms: int | None = None) -> None:
+    def count(
+        self, counters: Mapping[str, int], *, pipe: Any = None, now_ms: int | None = None
+    ) -> None:
         """Add ``counters`` to the running totals and the current minute's bucket."""
         if not counters:
             return
@@ -310,7 +311,9 @@ class RedisSessionSink:
         if own:
             pipe.execute()
 
-    def count_model(self, model_version: str, counters: Mapping[str, int], *, pipe: Any = None) -> None:
+    def count_model(
+        self, model_version: str, counters: Mapping[str, int], *, pipe: Any = None
+    ) -> None:
         """Per-model session counters read by automatic rollback."""
         key = f"{self.key_prefix}model:{model_version or 'unknown'}"
         if self.buffered and pipe is None:
@@ -324,8 +327,14 @@ class RedisSessionSink:
     def _share_args(self, head_and_pairs: list[str]) -> list[str]:
         epoch, version, *pairs = head_and_pairs
         return [
-            epoch, version, str(self.session_ttl_s), f"{self.key_prefix}stats:total",
-            self._minute_key(), str(MINUTE_STATS_TTL_S), f"{self.key_prefix}model:", *pairs,
+            epoch,
+            version,
+            str(self.session_ttl_s),
+            f"{self.key_prefix}stats:total",
+            self._minute_key(),
+            str(MINUTE_STATS_TTL_S),
+            f"{self.key_prefix}model:",
+            *pairs,
         ]
 
     def add_share(
@@ -365,8 +374,11 @@ class RedisSessionSink:
             self.count(counters)
             return
         args = [
-            f"{topic}:{partition}", str(offset), f"{self.key_prefix}stats:total",
-            self._minute_key(), str(MINUTE_STATS_TTL_S),
+            f"{topic}:{partition}",
+            str(offset),
+            f"{self.key_prefix}stats:total",
+            self._minute_key(),
+            str(MINUTE_STATS_TTL_S),
         ]
         for name, value in counters.items():
             args.extend((name, str(value)))

@@ -152,7 +152,9 @@ def _prepare_client_process() -> None:
     _client_prepared = True
 
 
-def _environments(ctx: JobContext, *, bounded: bool, savepoint: str | None = None) -> tuple[Any, Any]:
+def _environments(
+    ctx: JobContext, *, bounded: bool, savepoint: str | None = None
+) -> tuple[Any, Any]:
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
@@ -220,13 +222,17 @@ def _feature_table_ddl(name: str, path: str) -> str:
   {columns},
   `dt` STRING
 ) PARTITIONED BY (`dt`) WITH (
-  {_with({
-        "connector": "filesystem",
-        "path": path,
-        "format": "parquet",
-        "sink.rolling-policy.file-size": "128MB",
-        "sink.rolling-policy.rollover-interval": "10 min",
-    })}
+  {
+        _with(
+            {
+                "connector": "filesystem",
+                "path": path,
+                "format": "parquet",
+                "sink.rolling-policy.file-size": "128MB",
+                "sink.rolling-policy.rollover-interval": "10 min",
+            }
+        )
+    }
 )"""
 
 
@@ -314,10 +320,9 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
             max_future_skew_ms=int(ctx.job.max_future_skew.total_seconds() * 1000),
         )
     parsed = (
-        events.process(
-            ParseEvents(redis_factory, ctx.redis.key_prefix, clock, denied_users)
-        )
-        .uid("parse-events").name("Parse and validate events")
+        events.process(ParseEvents(redis_factory, ctx.redis.key_prefix, clock, denied_users))
+        .uid("parse-events")
+        .name("Parse and validate events")
     )
     if bounded:
         # Files carry no watermarks; in batch mode every timer fires at the end anyway.
@@ -335,8 +340,10 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
             .with_idleness(Duration.of_millis(idle_ms))
             .with_timestamp_assigner(ReaderWatermark())
         )
-    with_time = parsed.assign_timestamps_and_watermarks(strategy).uid("event-time").name(
-        "Event-time watermarks"
+    with_time = (
+        parsed.assign_timestamps_and_watermarks(strategy)
+        .uid("event-time")
+        .name("Event-time watermarks")
     )
     sessions = (
         with_time.key_by(session_key, key_type=Types.STRING())
@@ -351,12 +358,15 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
             ),
             output_type=FEATURE_ROW_TYPE,
         )
-        .uid("session-features").name("Sessions, features and rules")
+        .uid("session-features")
+        .name("Sessions, features and rules")
     )
     return parsed, sessions
 
 
-def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False) -> tuple[Any, Any]:
+def build_streaming_job(
+    ctx: JobContext, *, savepoint: str | None = None, bounded_source: bool = False
+) -> tuple[Any, Any]:
     """The streaming job: Kafka events -> Redis, Parquet, flagged and dead-letter topics."""
     from jobs.operators import DLQ_TAG, FLAGGED_TAG, KEYED_JSON_TYPE
 
@@ -395,12 +405,14 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
 
     base = output_base(ctx)
     t_env.execute_sql(_feature_table_ddl("session_features_sink", f"{base}/session_features"))
-    t_env.execute_sql(_keyed_kafka_sink_ddl(
-        ctx, "flagged_sink", ctx.kafka.flagged_topic, f"{ctx.job.consumer_group}-flagged"
-    ))
-    t_env.execute_sql(_keyed_kafka_sink_ddl(
-        ctx, "dlq_sink", ctx.kafka.dlq_topic, f"{ctx.job.consumer_group}-dlq"
-    ))
+    t_env.execute_sql(
+        _keyed_kafka_sink_ddl(
+            ctx, "flagged_sink", ctx.kafka.flagged_topic, f"{ctx.job.consumer_group}-flagged"
+        )
+    )
+    t_env.execute_sql(
+        _keyed_kafka_sink_ddl(ctx, "dlq_sink", ctx.kafka.dlq_topic, f"{ctx.job.consumer_group}-dlq")
+    )
     flagged = sessions.get_side_output(FLAGGED_TAG)
     dead_letters = parsed.get_side_output(DLQ_TAG).union(sessions.get_side_output(DLQ_TAG))
     statements = t_env.create_statement_set()
@@ -408,8 +420,11 @@ def build_streaming_job(ctx: JobContext, *, savepoint: str | None = None, bounde
     statements.add_insert("flagged_sink", t_env.from_data_stream(flagged))
     statements.add_insert(
         "dlq_sink",
-        t_env.from_data_stream(dead_letters.map(lambda r: r, output_type=KEYED_JSON_TYPE)
-                               .uid("dead-letters").name("Dead letters")),
+        t_env.from_data_stream(
+            dead_letters.map(lambda r: r, output_type=KEYED_JSON_TYPE)
+            .uid("dead-letters")
+            .name("Dead letters")
+        ),
     )
     statements.attach_as_datastream()
     return env, t_env
@@ -455,9 +470,12 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
         path = r[1]
         return Row(r[0], path if ":" in path.split("/", 1)[0] else uri_prefix + path, None, None)
 
-    lines = t_env.to_data_stream(t_env.from_path("raw_lines")).map(
-        with_file_uri, output_type=RAW_LINE_TYPE
-    ).uid("read-lines").name("JSON Lines")
+    lines = (
+        t_env.to_data_stream(t_env.from_path("raw_lines"))
+        .map(with_file_uri, output_type=RAW_LINE_TYPE)
+        .uid("read-lines")
+        .name("JSON Lines")
+    )
     parsed, sessions = _session_features(ctx, lines, bounded=True)
 
     t_env.execute_sql(_feature_table_ddl("session_features_sink", f"{base}/session_features"))
@@ -470,8 +488,12 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
 ) PARTITIONED BY (`dt`) WITH (
   {_with({"connector": "filesystem", "path": f"{base}/flagged_sessions", "format": "parquet"})}
 )""")
-    flagged = sessions.get_side_output(FLAGGED_TAG).map(flagged_row, output_type=FLAGGED_ROW_TYPE) \
-        .uid("flagged-rows").name("Flagged records")
+    flagged = (
+        sessions.get_side_output(FLAGGED_TAG)
+        .map(flagged_row, output_type=FLAGGED_ROW_TYPE)
+        .uid("flagged-rows")
+        .name("Flagged records")
+    )
     dead_letters = parsed.get_side_output(DLQ_TAG).union(sessions.get_side_output(DLQ_TAG))
     dlq_sink = (
         FileSink.for_row_format(f"{base}/dlq", Encoder.simple_string_encoder())
@@ -479,8 +501,9 @@ def build_backfill_job(ctx: JobContext, input_path: str, out_base: str) -> tuple
         .with_output_file_config(OutputFileConfig.builder().with_part_suffix(".jsonl").build())
         .build()
     )
-    dead_letters.map(lambda r: r[1], output_type=Types.STRING()).uid("dead-letter-lines") \
-        .name("Dead-letter lines").sink_to(dlq_sink).uid("dlq-files").name("Dead letters (JSON Lines)")
+    dead_letters.map(lambda r: r[1], output_type=Types.STRING()).uid("dead-letter-lines").name(
+        "Dead-letter lines"
+    ).sink_to(dlq_sink).uid("dlq-files").name("Dead letters (JSON Lines)")
     statements = t_env.create_statement_set()
     statements.add_insert("session_features_sink", t_env.from_data_stream(sessions))
     statements.add_insert("flagged_sink", t_env.from_data_stream(flagged))

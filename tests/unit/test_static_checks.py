@@ -1,4 +1,5 @@
-"""features/ and schemas/ stay typed (mypy --strict) and lint-clean (ruff)."""
+"""Every package is lint-clean and formatted (ruff); features/ and schemas/ stay typed
+(mypy --strict)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+PACKAGES = ["features", "schemas", "connectors", "deploy", "training", "jobs", "tests"]
 
 
 @pytest.mark.parametrize(
     "command",
     [
-        [str(BIN / "ruff"), "check", "features", "schemas"],
+        [str(BIN / "ruff"), "check", *PACKAGES],
+        [str(BIN / "ruff"), "format", "--check", *PACKAGES],
         [str(BIN / "mypy")],  # files and strictness come from pyproject.toml
     ],
-    ids=["ruff", "mypy"],
+    ids=["ruff", "ruff-format", "mypy"],
 )
 def test_static_checks_pass(command: list[str]) -> None:
     if not Path(command[0]).exists():
