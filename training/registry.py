@@ -22,6 +22,8 @@ The registry assumes one writer at a time (the retrain loop or an operator).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from connectors.settings import S3Settings
 from training.classifier import (
@@ -54,6 +56,7 @@ from training.online import mirror_registry
 from training.settings import RegistryConfig
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CANARY = "canary"
 STABLE = "stable"
@@ -90,6 +93,69 @@ class Pointers:
         )
 
 
+# Deletes the lock only if it still holds our token (a lease that expired and was taken
+# by another writer must not be released by us).
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RegistryLock:
+    """A lease in Redis that serializes the registry's writers (``SET NX PX``).
+
+    Creating a version and moving a pointer read, decide and write S3 objects; two
+    writers at once (two retrains, a rollback during a promotion) would overwrite each
+    other's changes. S3 servers without conditional writes (S3Proxy, older MinIO) cannot
+    compare-and-set, so the writers take turns under this lease instead.
+    """
+
+    def __init__(self, redis: Any, key: str, *, lease_ms: int, timeout_ms: int) -> None:
+        self.redis = redis
+        self.key = key
+        self.lease_ms = lease_ms
+        self.timeout_ms = timeout_ms
+        self._depth = 0
+        self._token = ""
+        self._held_by = threading.get_ident()
+
+    def __enter__(self) -> RegistryLock:
+        if self._depth and self._held_by == threading.get_ident():
+            self._depth += 1  # re-entrant within one writer (promote inside register...)
+            return self
+        import uuid
+
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        while not self.redis.set(self.key, token, nx=True, px=self.lease_ms):
+            if time.monotonic() >= deadline:
+                holder = self.redis.get(self.key)
+                raise RegistryError(
+                    f"the registry is locked by another writer ({self.key} = {holder!r}) for "
+                    f"more than {self.timeout_ms / 1000:.0f} s; if that writer died, the lock "
+                    f"frees itself within {self.lease_ms / 1000:.0f} s"
+                )
+            time.sleep(0.05)
+        self._token, self._depth, self._held_by = token, 1, threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.redis.eval(_RELEASE_LUA, 1, self.key, self._token)
+
+
+def _writes(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a registry method under the registry's write lock."""
+
+    @functools.wraps(method)
+    def locked(self: Registry, *args: Any, **kwargs: Any) -> _T:
+        with self.writing():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Registry:
     """Versions, manifests and pointers of one model on S3."""
 
@@ -112,6 +178,20 @@ class Registry:
         self.redis = redis
         self.redis_prefix = redis_prefix
         self.clock_ms = clock_ms
+        self._lock = (
+            RegistryLock(
+                redis,
+                f"{redis_prefix}registry:lock:{self.model_name}",
+                lease_ms=int(self.config.lock_lease.total_seconds() * 1000),
+                timeout_ms=int(self.config.lock_timeout.total_seconds() * 1000),
+            )
+            if redis is not None
+            else contextlib.nullcontext()
+        )
+
+    def writing(self) -> contextlib.AbstractContextManager[Any]:
+        """Hold the registry's write lock (no lock without Redis: one writer at a time)."""
+        return self._lock
 
     # ------------------------------------------------------------- S3 helpers
 
@@ -184,6 +264,7 @@ class Registry:
         versions = self.versions()
         return versions[-1] if versions else None
 
+    @_writes
     def register(
         self,
         adapter_dir: Path | str,
@@ -331,6 +412,7 @@ class Registry:
         )
         return pointers
 
+    @_writes
     def promote(self, version: str, to: str = CANARY, *, reason: str = "") -> Pointers:
         """Point ``canary`` or ``stable`` at a registered version."""
         if to not in (CANARY, STABLE):
@@ -379,6 +461,7 @@ class Registry:
         key = model_key(self.redis_prefix, pointers.stable)
         return read_hash_ints(self.redis, key, ("sessions", "negative_sessions"))
 
+    @_writes
     def rollback(self, which: str = CANARY, *, reason: str = "") -> Pointers:
         """Canary: stop serving it. Stable: restore the previous stable version."""
         current = self.pointers()
@@ -417,6 +500,7 @@ class Registry:
             },
         )
 
+    @_writes
     def set_canary_share(self, share: float) -> Pointers:
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"canary share must be within 0..1, got {share}")

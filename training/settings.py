@@ -143,6 +143,10 @@ class RegistryConfig(_Section):
     cache_dir: Path = Path(".flywheel/adapters")
     # How often a ModelRouter re-reads the pointers.
     router_refresh: timedelta = timedelta(seconds=30)
+    # Writers (new versions, pointer moves) hold a lease in Redis: another writer waits
+    # up to lock_timeout; a holder that dies frees it after lock_lease.
+    lock_lease: timedelta = timedelta(seconds=60)
+    lock_timeout: timedelta = timedelta(seconds=120)
 
     @field_validator("prefix", "model_name")
     @classmethod

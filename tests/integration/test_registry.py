@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +254,117 @@ def test_registry_objects_hold_no_personal_data(
     assert not leaked, f"raw personal data in the registry: {leaked}"
     for placeholder in ("<PHONE>", "<EMAIL>", "<CARD>", "<ID>", "<URL_SECRET>", "<IP>"):
         assert placeholder in everything, placeholder
+
+
+def _slow_reads(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widen the read-decide-write window of pointer moves so that writers overlap."""
+    read = registry.pointers
+
+    def slow(**kwargs: Any) -> Any:
+        pointers = read(**kwargs)
+        time.sleep(0.4)
+        return pointers
+
+    monkeypatch.setattr(registry, "pointers", slow)
+
+
+def _race(*moves: Callable[[], Any]) -> None:
+    errors: list[BaseException] = []
+
+    def run(move: Callable[[], Any]) -> None:
+        try:
+            move()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in moves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+def _writers(
+    s3_settings: Any, s3_bucket: str, redis: Any, redis_prefix: str, tmp_path: Path
+) -> list[Registry]:
+    s3 = s3_settings.model_copy(update={"bucket": s3_bucket})
+    return [
+        Registry(s3, RegistryConfig(cache_dir=tmp_path / f"c{n}"), redis=redis,
+                 redis_prefix=redis_prefix)
+        for n in range(3)
+    ]  # fmt: skip
+
+
+def test_concurrent_writers_take_turns_and_lose_no_change(
+    s3_settings: Any, s3_bucket: str, redis_settings: Any, redis_prefix: str,
+    adapters: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Two retrains registering at once, a promotion and a share change at once, and a
+    rollback during a promotion: with the lease in Redis every change survives."""
+    first, second, third = _writers(
+        s3_settings, s3_bucket, redis_settings.client(), redis_prefix, tmp_path
+    )
+    for writer in (first, second, third):
+        _slow_reads(writer, monkeypatch)
+    v1 = first.register(adapters[0], status="bootstrap")
+    first.promote(v1, STABLE)
+
+    names: list[str] = []
+    _race(
+        lambda: names.append(first.register(adapters[1], status="accepted")),
+        lambda: names.append(second.register(adapters[2], status="accepted")),
+    )
+    assert sorted(names) == ["intent-v2", "intent-v3"]
+    assert first.versions() == ["intent-v1", "intent-v2", "intent-v3"]
+    assert {first.manifest(n)["status"] for n in names} == {"accepted"}
+
+    _race(lambda: first.promote("intent-v2", CANARY), lambda: second.set_canary_share(0.5))
+    pointers = third.pointers()
+    assert (pointers.canary, pointers.canary_share) == ("intent-v2", 0.5)
+
+    _race(lambda: first.promote("intent-v3", STABLE), lambda: second.rollback(CANARY))
+    pointers = third.pointers()
+    assert pointers.stable == "intent-v3" and pointers.canary is None
+    assert pointers.stable_history == ["intent-v1"]
+    actions = [d["action"] for d in third.decisions()]
+    assert {"promote_stable", "rollback_canary", "canary_share", "promote_canary"} <= set(actions)
+
+
+def test_without_the_lease_concurrent_pointer_moves_lose_a_change(
+    s3_settings: Any, s3_bucket: str, adapters: list[Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The control: the same race without Redis (no lease) loses one of the two changes,
+    which is what the lease prevents."""
+    s3 = s3_settings.model_copy(update={"bucket": s3_bucket})
+    first, second = (Registry(s3, RegistryConfig(cache_dir=tmp_path / f"n{n}")) for n in range(2))
+    v1 = first.register(adapters[0], status="bootstrap")
+    first.promote(v1, STABLE)
+    v2 = first.register(adapters[1], status="accepted")
+    for writer in (first, second):
+        _slow_reads(writer, monkeypatch)
+    _race(lambda: first.promote(v2, CANARY), lambda: second.set_canary_share(0.5))
+    pointers = first.pointers()
+    assert (pointers.canary, pointers.canary_share) != (v2, 0.5)
+
+
+def test_a_lease_left_by_a_dead_writer_expires(
+    s3_settings: Any, s3_bucket: str, redis_settings: Any, redis_prefix: str,
+    adapters: list[Path], tmp_path: Path,
+) -> None:  # fmt: skip
+    s3 = s3_settings.model_copy(update={"bucket": s3_bucket})
+    config = RegistryConfig(cache_dir=tmp_path / "c", lock_lease="PT1S", lock_timeout="PT5S")
+    redis = redis_settings.client()
+    registry = Registry(s3, config, redis=redis, redis_prefix=redis_prefix)
+    redis.set(f"{redis_prefix}registry:lock:intent", "a-writer-that-died", px=1000)
+    v1 = registry.register(adapters[0], status="bootstrap")  # waits about 1 s, then goes
+    assert registry.versions() == [v1]
+    redis.set(f"{redis_prefix}registry:lock:intent", "a-writer-still-working", px=60_000)
+    quick = Registry(
+        s3, RegistryConfig(cache_dir=tmp_path / "q", lock_timeout="PT1S"), redis=redis,
+        redis_prefix=redis_prefix,
+    )  # fmt: skip
+    with pytest.raises(RegistryError, match="locked by another writer"):
+        quick.promote(v1, STABLE)
+    redis.delete(f"{redis_prefix}registry:lock:intent")
