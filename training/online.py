@@ -47,6 +47,11 @@ def registry_log_key(prefix: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
     return registry_key(prefix, model_name) + ":log"
 
 
+def canary_check_key(prefix: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
+    """String: JSON of the latest automatic canary check (any outcome), for the dashboard."""
+    return registry_key(prefix, model_name) + ":canary_check"
+
+
 def model_key(prefix: str, model_version: str) -> str:
     return f"{prefix}model:{model_version}"
 

@@ -23,12 +23,14 @@ catching quickly.
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from training.online import model_key, read_hash_ints
+from training.online import canary_check_key, model_key, read_hash_ints
 from training.settings import RollbackConfig
 
 
@@ -178,6 +180,12 @@ def check_canary(
         return RollbackDecision(action="no_canary", reason="no canary is being served")
     stable = read_outcomes(redis, prefix, pointers.stable).since(pointers.canary_since)
     decision = decide(stable, read_outcomes(redis, prefix, pointers.canary), config)
+    # Every look is recorded, not only a rollback: the dashboard shows how close the
+    # canary is to the threshold.
+    redis.set(
+        canary_check_key(prefix, registry.model_name),
+        json.dumps({**decision.to_dict(), "at_ms": int(time.time() * 1000)}),
+    )
     if decision.action == "rollback":
         registry.rollback("canary", reason="auto: " + decision.reason)
         registry.log_decision(

@@ -63,6 +63,10 @@ class RedisKeys:
         return f"{self.prefix}registry"
 
     @property
+    def canary_check(self) -> str:
+        return f"{self.prefix}registry:canary_check"
+
+    @property
     def registry_log(self) -> str:
         return f"{self.prefix}registry:log"
 
@@ -177,7 +181,8 @@ def read_models(client: Any, keys: RedisKeys) -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.registry)
     pipe.lrange(keys.registry_log, -REGISTRY_LOG_LIMIT, -1)
-    registry, log = pipe.execute()
+    pipe.get(keys.canary_check)
+    registry, log, canary_check = pipe.execute()
     stable = registry.get("stable", "")
     canary = registry.get("canary", "")
     warnings: list[str] = []
@@ -220,6 +225,8 @@ def read_models(client: Any, keys: RedisKeys) -> dict[str, Any]:
         "models": models,
         # The log is appended to (RPUSH); newest first here.
         "log": [_parse_log_entry(text) for text in reversed(log)],
+        # The latest automatic canary check: numbers, test statistic, threshold, action.
+        "canary_check": _parse_log_entry(canary_check) if canary_check else None,
         "warnings": warnings,
     }
 

@@ -5,6 +5,7 @@ Each test writes exactly the keys it reads, under its own prefix.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -151,6 +152,27 @@ def test_models_list_stable_then_canary_with_shares_and_rates(
     # Newest decision first; a malformed entry is shown, not dropped.
     assert body["log"][0]["raw"] == "not json" and "invalid JSON" in body["log"][0]["error"]
     assert body["log"][1] == {"action": "promote", "version": "v2"}
+    assert body["canary_check"] is None
+
+
+def test_models_show_the_latest_canary_check(api: TestClient, redis: Any, settings: Any) -> None:
+    from training.rollback import ModelOutcomes, decide
+    from training.settings import RollbackConfig
+
+    decision = decide(
+        ModelOutcomes(version="v2", sessions=900, negative_sessions=90),
+        ModelOutcomes(version="v3", sessions=200, negative_sessions=26),
+        RollbackConfig(),
+    )
+    redis.hset(f"{settings.key_prefix}registry", mapping={"stable": "v2", "canary": "v3"})
+    redis.set(
+        f"{settings.key_prefix}registry:canary_check",
+        json.dumps({**decision.to_dict(), "at_ms": 1_767_225_600_000}),
+    )
+    check = api.get("/api/models").json()["canary_check"]
+    assert check["action"] == decision.action
+    assert check["canary"]["negative_rate"] == 0.13 and check["stable"]["sessions"] == 900
+    assert check["test"]["log_threshold"] > 0
 
 
 def test_models_scan_matches_the_prefix_literally(

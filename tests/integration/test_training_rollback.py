@@ -10,7 +10,7 @@ import pytest
 
 from training.classifier import train_intent_adapter
 from training.data import base_examples
-from training.online import model_key, registry_key, registry_log_key
+from training.online import canary_check_key, model_key, registry_key, registry_log_key
 from training.registry import CANARY, STABLE, Registry
 from training.rollback import check_canary, read_outcomes
 from training.settings import RegistryConfig, RollbackConfig, TrainerConfig
@@ -100,6 +100,12 @@ def test_canary_within_margin_or_too_young_is_kept(
     assert check_canary(registry, redis, CONFIG, redis_prefix).action == action
     assert registry.pointers().canary == "intent-v2"
     assert not any(e["action"] == "auto_rollback" for e in registry.decisions())
+    # Every look is recorded for the dashboard, with its numbers.
+    check = json.loads(redis.get(canary_check_key(redis_prefix)))
+    assert check["action"] == action and check["canary"]["sessions"] == canary[0]
+    assert check["at_ms"] > 0
+    if action == "keep":
+        assert check["test"]["log_statistic"] < check["test"]["log_threshold"]
 
 
 def test_malformed_counters_read_as_zero(setup: tuple[Registry, Any], redis_prefix: str) -> None:

@@ -314,10 +314,30 @@
         html("td", {}, meter(mv.flagged_rate, flaggedColor, "flagged_rate", mv.flagged_rate)),
       ]));
     }
+    renderCanaryCheck(data.canary_check);
     const log = byTestId("registry-log");
     clear(log);
     setFigure("registry-log-count", data.log.length, `(${data.log.length})`);
     for (const entry of data.log) log.append(html("li", { text: JSON.stringify(entry) }));
+  }
+
+  // The latest automatic canary check: both rates over the same window, and how far the
+  // sequential test's statistic is from its threshold.
+  function renderCanaryCheck(check) {
+    const el = byTestId("canary-check");
+    el.dataset.action = check ? check.action || "" : "";
+    if (!check || !check.canary || !check.stable) {
+      el.textContent = check ? `last canary check: ${check.action} (${check.reason || ""})` : "";
+      return;
+    }
+    const rate = (o) => `${(100 * o.negative_rate).toFixed(1)}% of ${fmtInt(o.sessions)}`;
+    const when = check.at_ms ? ` at ${isoUtc(check.at_ms)}` : "";
+    let text = `last canary check${when}: ${check.action}; negative sessions canary ${check.canary.version} ${rate(check.canary)}, stable ${check.stable.version} ${rate(check.stable)} since the canary started`;
+    if (check.test) {
+      text += `; log statistic ${check.test.log_statistic.toFixed(2)} / threshold ${check.test.log_threshold.toFixed(2)}`;
+      el.dataset.logStatistic = check.test.log_statistic;
+    }
+    el.textContent = text;
   }
 
   function displayValue(field, raw) {
