@@ -9,7 +9,7 @@ from features.columns import (
     NULLABLE_COLUMNS,
     PARQUET_SCHEMA_FIELDS,
 )
-from features.compute import SessionFeatures, compute_features
+from features.compute import SessionFeatures, compute_features, is_negative_feedback
 from features.config import DEFAULT_CORRECTION_MARKERS, FeatureConfig
 from features.flagged import (
     build_flagged_message,
@@ -46,6 +46,7 @@ __all__ = [
     "build_flagged_message",
     "fit_flagged_message",
     "compute_features",
+    "is_negative_feedback",
     "dedup_and_order",
     "has_correction_marker",
     "message_size_bytes",

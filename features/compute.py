@@ -31,6 +31,22 @@ NEGATIVE_RATING_MAX = 2
 POSITIVE_RATING_MIN = 4
 
 
+def is_negative_feedback(kind: object, rating: object) -> bool:
+    """Contract section 3: thumbs down, an edit, a correction, or a rating of 2 or less.
+
+    The one home of the rule: the session features, the job's online counter and the
+    retraining pool's labels all ask here (``rating`` may come from JSON: any number).
+    """
+    if kind in NEGATIVE_FEEDBACK_KINDS:
+        return True
+    return (
+        kind == "rating"
+        and isinstance(rating, int | float)
+        and not isinstance(rating, bool)
+        and rating <= NEGATIVE_RATING_MAX
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionFeatures:
     """One session's feature row; fields are exactly `FEATURE_COLUMNS`, in order."""
@@ -231,11 +247,7 @@ def compute_features(
                 fsm_state = event.to_state
                 stall = 0
         elif isinstance(event, Feedback):
-            if event.kind in NEGATIVE_FEEDBACK_KINDS or (
-                event.kind == "rating"
-                and event.rating is not None
-                and event.rating <= NEGATIVE_RATING_MAX
-            ):
+            if is_negative_feedback(event.kind, event.rating):
                 negative += 1
             elif event.kind == "thumbs_up" or (
                 event.kind == "rating"

@@ -31,6 +31,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 from features import tracker
 from features.columns import FLAGGED_PARQUET_FIELDS, PARQUET_SCHEMA_FIELDS
+from features.compute import is_negative_feedback
 from jobs.embedding import TextVectorCache
 from jobs.row_types import flink_value, row_type
 from schemas.dlq import build_dlq_message
@@ -43,7 +44,6 @@ KEYED_JSON_TYPE = Types.ROW_NAMED(["session_id", "payload"], [Types.STRING(), Ty
 FLAGGED_TAG = OutputTag("flagged", KEYED_JSON_TYPE)
 DLQ_TAG = OutputTag("dead-letters", KEYED_JSON_TYPE)
 
-NEGATIVE_KINDS = frozenset({"thumbs_down", "edit", "correction"})
 
 # A dead letter must fit in one Kafka record: the DLQ producer's max.request.size is 1 MiB
 # by default, and a record it cannot send fails the job, which then replays the same
@@ -706,9 +706,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         else:
             if isinstance(event, Feedback):
                 counters["explicit_signals"] = 1
-                if event.kind in NEGATIVE_KINDS or (
-                    event.kind == "rating" and event.rating is not None and event.rating <= 2
-                ):
+                if is_negative_feedback(event.kind, event.rating):
                     counters["negative_feedback"] = 1
             known = (
                 self.text_vectors.get(event.text)

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from features.compute import is_negative_feedback
 from training.errors import EmptyPoolError, OneClassPoolError, UnknownLabelError
 from training.settings import PoolConfig
 from training.synthetic import LabeledText, normalize
@@ -143,11 +144,7 @@ class SourcePosition:
 
 
 def _negative(feedback: Mapping[str, Any]) -> bool:
-    kind = feedback.get("kind")
-    if kind in ("thumbs_down", "correction", "edit"):
-        return True
-    rating = feedback.get("rating")
-    return kind == "rating" and isinstance(rating, int | float) and rating <= 2
+    return is_negative_feedback(feedback.get("kind"), feedback.get("rating"))
 
 
 def validate_flagged(message: Any) -> str | None:

@@ -645,3 +645,18 @@ def test_config_rejects_nonsense() -> None:
         FeatureConfig(cta_window_ms=-1)
     with pytest.raises(ValueError, match="correction_markers"):
         FeatureConfig(correction_markers=("",))
+
+
+@pytest.mark.parametrize(
+    ("kind", "rating", "negative"),
+    [
+        ("thumbs_down", None, True), ("edit", None, True), ("correction", None, True),
+        ("rating", 1, True), ("rating", 2, True), ("rating", 2.0, True), ("rating", 3, False),
+        ("rating", None, False), ("rating", "1", False), ("rating", True, False),
+        ("thumbs_up", None, False), ("other", 1, False),
+    ],
+)  # fmt: skip
+def test_negative_feedback_is_one_rule(kind: object, rating: object, negative: bool) -> None:
+    from features import is_negative_feedback
+
+    assert is_negative_feedback(kind, rating) is negative
