@@ -39,7 +39,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from connectors.settings import FlywheelSettings, KafkaSettings
+from connectors.settings import FlywheelSettings, KafkaSettings, to_ms
 from schemas import EVENT_CLASSES, ParseError, decode_json, event_to_dict, parse
 from schemas.events import Event
 
@@ -128,18 +128,14 @@ class ProducerSettings(FlywheelSettings):
                 "client.id": self.client_id,
                 "enable.idempotence": True,
                 "acks": "all",
-                "linger.ms": _ms(self.linger),
+                "linger.ms": to_ms(self.linger),
                 "compression.type": self.compression,
                 "queue.buffering.max.messages": self.buffer_max_messages,
                 "queue.buffering.max.kbytes": self.buffer_max_kbytes,
-                "delivery.timeout.ms": _ms(self.delivery_timeout),
+                "delivery.timeout.ms": to_ms(self.delivery_timeout),
             }
         )
         return conf
-
-
-def _ms(value: timedelta) -> int:
-    return int(value.total_seconds() * 1000)
 
 
 # --------------------------------------------------------------------------- errors

@@ -20,6 +20,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "FLYWHEEL_"
 
 
+def to_ms(delta: timedelta) -> int:
+    """A duration setting as the integer milliseconds Kafka, Flink and Redis take."""
+    return int(delta.total_seconds() * 1000)
+
+
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names every bad field."""
 

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from connectors.settings import FlywheelSettings, KafkaSettings
+from connectors.settings import FlywheelSettings, KafkaSettings, to_ms
 
 _librdkafka_logger = logging.getLogger("connectors.topics.librdkafka")
 
@@ -80,7 +80,7 @@ class TopicSpec:
 
     def config(self) -> dict[str, str]:
         conf = {
-            "retention.ms": str(int(self.retention.total_seconds() * 1000)),
+            "retention.ms": str(to_ms(self.retention)),
             "cleanup.policy": self.cleanup_policy,
         }
         conf.update(self.extra_config)

@@ -324,8 +324,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.flagged_max_bytes = settings.flagged_max_message_bytes
         self.bound_ms = self.config.max_out_of_order_ms
         self.idle_ms = self.config.idle_timeout_ms
-        self.embed_delay_ms = max(1, int(settings.embedding_max_delay.total_seconds() * 1000))
-        self.poll_ms = max(1, int(settings.embedding_poll_interval.total_seconds() * 1000))
+        self.embed_delay_ms = max(1, settings.embedding_max_delay_ms)
+        self.poll_ms = max(1, settings.embedding_poll_interval_ms)
         self.embed_batch = settings.embedding_batch_size
         self.embedder: Any = None
         if settings.embedding_enabled:
@@ -345,7 +345,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 self._redis_factory(),
                 self._key_prefix,
                 self._session_ttl_s,
-                flush_interval_ms=int(settings.redis_flush_interval.total_seconds() * 1000),
+                flush_interval_ms=settings.redis_flush_interval_ms,
             )
         self.flush_timer_ms: int | None = None
         # A session open when its user was forgotten closes without output.
@@ -356,7 +356,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         # The operator expires keys itself, state_ttl after their last activity, and
         # counts what it forgets (tracker.expire). Flink's TTL, an hour later and
         # returning expired values it has not cleaned up yet, only bounds memory.
-        self.state_ttl_ms = int(settings.state_ttl.total_seconds() * 1000)
+        self.state_ttl_ms = settings.state_ttl_ms
         descriptor.enable_time_to_live(
             StateTtlConfig.new_builder(Time.milliseconds(self.state_ttl_ms + FLINK_TTL_MARGIN_MS))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)

@@ -12,11 +12,7 @@ from pydantic_settings import SettingsConfigDict
 if TYPE_CHECKING:
     from features.redaction import Redactor
 
-from connectors.settings import FlywheelSettings
-
-
-def _ms(delta: timedelta) -> int:
-    return int(delta.total_seconds() * 1000)
+from connectors.settings import FlywheelSettings, to_ms
 
 
 class FeatureJobSettings(FlywheelSettings):
@@ -147,16 +143,53 @@ class FeatureJobSettings(FlywheelSettings):
             raise ValueError("must not exceed the broker's transaction.max.timeout.ms (15 min)")
         return value
 
+    # Durations as the integer milliseconds the operators and Flink take.
+    @property
+    def checkpoint_interval_ms(self) -> int:
+        return to_ms(self.checkpoint_interval)
+
+    @property
+    def flagged_transaction_timeout_ms(self) -> int:
+        return to_ms(self.flagged_transaction_timeout)
+
+    @property
+    def max_out_of_order_ms(self) -> int:
+        return to_ms(self.max_out_of_order)
+
+    @property
+    def max_future_skew_ms(self) -> int:
+        return to_ms(self.max_future_skew)
+
+    @property
+    def idle_timeout_ms(self) -> int:
+        return to_ms(self.idle_timeout)
+
+    @property
+    def embedding_max_delay_ms(self) -> int:
+        return to_ms(self.embedding_max_delay)
+
+    @property
+    def embedding_poll_interval_ms(self) -> int:
+        return to_ms(self.embedding_poll_interval)
+
+    @property
+    def redis_flush_interval_ms(self) -> int:
+        return to_ms(self.redis_flush_interval)
+
+    @property
+    def state_ttl_ms(self) -> int:
+        return to_ms(self.state_ttl)
+
     def feature_config(self) -> object:
         """The ``features.FeatureConfig`` these settings describe."""
         from features import FeatureConfig
 
         return FeatureConfig(
-            session_gap_ms=_ms(self.session_gap),
-            max_out_of_order_ms=_ms(self.max_out_of_order),
-            idle_timeout_ms=_ms(self.idle_timeout),
-            cta_window_ms=_ms(self.cta_window),
-            silence_gap_ms=_ms(self.silence_gap),
+            session_gap_ms=to_ms(self.session_gap),
+            max_out_of_order_ms=to_ms(self.max_out_of_order),
+            idle_timeout_ms=to_ms(self.idle_timeout),
+            cta_window_ms=to_ms(self.cta_window),
+            silence_gap_ms=to_ms(self.silence_gap),
             stall_turns=self.stall_turns,
             repeat_lookback=self.repeat_lookback,
             repeat_similarity=self.repeat_similarity,

@@ -96,7 +96,7 @@ def _flink_configuration(ctx: JobContext, *, bounded: bool) -> Any:
     conf.set_string("python.fn-execution.bundle.time", "100")
     conf.set_string("execution.runtime-mode", "BATCH" if bounded else "STREAMING")
     if not bounded:
-        interval_ms = int(ctx.job.checkpoint_interval.total_seconds() * 1000)
+        interval_ms = ctx.job.checkpoint_interval_ms
         conf.set_string("execution.checkpointing.interval", f"{interval_ms} ms")
         conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
         # Aligned barriers wait behind the events buffered before the slow Python operator
@@ -237,7 +237,7 @@ def _feature_table_ddl(name: str, path: str) -> str:
 
 
 def _keyed_kafka_sink_ddl(ctx: JobContext, name: str, topic: str, txn_prefix: str) -> str:
-    timeout_ms = int(ctx.job.flagged_transaction_timeout.total_seconds() * 1000)
+    timeout_ms = ctx.job.flagged_transaction_timeout_ms
     options = {
         "connector": "kafka",
         "topic": topic,
@@ -308,8 +308,8 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
     if ctx.job.redis_enabled and not bounded:
         redis_factory = _RedisFactory(ctx.redis)
     denied_users = _denied_users(ctx)
-    bound_ms = int(ctx.job.max_out_of_order.total_seconds() * 1000)
-    idle_ms = int(ctx.job.idle_timeout.total_seconds() * 1000)
+    bound_ms = ctx.job.max_out_of_order_ms
+    idle_ms = ctx.job.idle_timeout_ms
     clock = None
     if not bounded:
         clock = EventClockSettings(
@@ -317,7 +317,7 @@ def _session_features(ctx: JobContext, events: Any, *, bounded: bool) -> Any:
             partitions=_event_partitions(ctx),
             bound_ms=bound_ms,
             idle_ms=idle_ms,
-            max_future_skew_ms=int(ctx.job.max_future_skew.total_seconds() * 1000),
+            max_future_skew_ms=ctx.job.max_future_skew_ms,
         )
     parsed = (
         events.process(ParseEvents(redis_factory, ctx.redis.key_prefix, clock, denied_users))

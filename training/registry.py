@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from connectors.settings import S3Settings
+from connectors.settings import S3Settings, to_ms
 from training.classifier import (
     DATA_REF_FILE,
     LABEL_MAP_FILE,
@@ -182,8 +182,8 @@ class Registry:
             RegistryLock(
                 redis,
                 f"{redis_prefix}registry:lock:{self.model_name}",
-                lease_ms=int(self.config.lock_lease.total_seconds() * 1000),
-                timeout_ms=int(self.config.lock_timeout.total_seconds() * 1000),
+                lease_ms=to_ms(self.config.lock_lease),
+                timeout_ms=to_ms(self.config.lock_timeout),
             )
             if redis is not None
             else contextlib.nullcontext()

@@ -13,7 +13,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from connectors.settings import RedisSettings
+from connectors.settings import RedisSettings, to_ms
 from jobs.dashboard import store
 from jobs.dashboard.settings import DashboardSettings
 
@@ -62,7 +62,7 @@ def create_app(
     def config() -> dict[str, Any]:
         """What the page needs to know before it polls."""
         return {
-            "refresh_ms": int(dashboard_settings.refresh.total_seconds() * 1000),
+            "refresh_ms": to_ms(dashboard_settings.refresh),
             "history_minutes": dashboard_settings.history_minutes,
             "key_prefix": keys.prefix,
         }
