@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-DENIED_USERS_KEY = "privacy:denied_users"
+from schemas.redis_layout import RedisKeys
 
 
 def user_hash(user_id: str) -> str:
@@ -21,7 +21,7 @@ def user_hash(user_id: str) -> str:
 
 
 def denied_users_key(redis_prefix: str) -> str:
-    return f"{redis_prefix}{DENIED_USERS_KEY}"
+    return RedisKeys(redis_prefix).denied_users
 
 
 class DenyList:

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from schemas.redis_layout import RedisKeys
+
 DEMO_JOB_SETTINGS = {
     # Resume where the last run stopped: committed offsets, plus its savepoint when known.
     "starting_offsets": "committed",
@@ -88,7 +90,7 @@ def _run_phase(
 
 
 def _model_counts(redis: Any, prefix: str, version: str) -> dict[str, int]:
-    raw = redis.hgetall(f"{prefix}model:{version}")
+    raw = redis.hgetall(RedisKeys(prefix).model(version))
     return {k: int(v) for k, v in raw.items()}
 
 
@@ -211,11 +213,11 @@ def demo(
         session_prefix=f"demo{run_id}a",
         stats=before,
     )
-    totals_before = {k: int(v) for k, v in redis.hgetall(f"{prefix}stats:total").items()}
+    totals_before = {k: int(v) for k, v in redis.hgetall(RedisKeys(prefix).stats_total).items()}
     model_before = _model_counts(redis, prefix, stable)
     savepoint = _run_phase(ctx, phase1, "events", savepoint, idle_s)
     savepoint_file.write_text(savepoint)
-    totals = {k: int(v) for k, v in redis.hgetall(f"{prefix}stats:total").items()}
+    totals = {k: int(v) for k, v in redis.hgetall(RedisKeys(prefix).stats_total).items()}
     closed_1 = totals.get("sessions_closed", 0) - totals_before.get("sessions_closed", 0)
     flagged_1 = totals.get("sessions_flagged", 0) - totals_before.get("sessions_flagged", 0)
     reasons_1 = {

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import click
 
 from features.privacy import denied_users_key, user_hash
+from schemas.redis_layout import RedisKeys
 
 AUDIT_PREFIX = "privacy/audit"
 PARQUET_MAGIC = b"PAR1"
@@ -157,9 +158,10 @@ class Forgetter:
         )
 
     def forget_redis(self, redis: Any, prefix: str) -> None:
-        for key in redis.scan_iter(match=f"{prefix}session:*", count=1000):
+        keys = RedisKeys(prefix)
+        for key in redis.scan_iter(match=keys.session_pattern, count=1000):
             if redis.type(key) == "hash" and redis.hget(key, "user_id") == self.user_id:
-                self.sessions.add(str(key)[len(f"{prefix}session:") :])
+                self.sessions.add(str(key)[len(keys.session("")) :])
                 self.report.redis_keys += redis.delete(key)
 
     # --- files -------------------------------------------------------------------------

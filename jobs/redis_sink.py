@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from schemas.redis_layout import MS_PER_MINUTE, RedisKeys
+
 # KEYS[1] = hash key; ARGV[1] = version, ARGV[2] = ttl seconds, ARGV[3..] = field, value pairs.
 _VERSIONED_HSET = """
 local current = redis.call('HGET', KEYS[1], 'version')
@@ -92,7 +94,6 @@ redis.call('EXPIRE', ARGV[4], ARGV[5])
 return 1
 """
 
-MINUTE_STATS_TTL_S = 2 * 24 * 3600
 MODEL_FIELD_SEPARATOR = "\x1f"
 
 
@@ -128,6 +129,7 @@ class RedisSessionSink:
     ):
         self._redis = client
         self.key_prefix = key_prefix
+        self.keys = RedisKeys(key_prefix)
         self.session_ttl_s = session_ttl_s
         self._script = client.register_script(_VERSIONED_HSET)
         self._add_share_script = client.register_script(_ADD_SHARE)
@@ -201,9 +203,7 @@ class RedisSessionSink:
         for key, (_, _, args) in self._shares.items():
             self._add_share_script(keys=[key], args=self._share_args(args), client=pipe)
         for args in self._offsets:
-            self._count_once_script(
-                keys=[f"{self.key_prefix}counted:offsets"], args=args, client=pipe
-            )
+            self._count_once_script(keys=[self.keys.counted_offsets], args=args, client=pipe)
         self._add_counters(pipe, self._totals, self._minutes)
         for model_key, counts in self._models.items():
             for name, value in counts.items():
@@ -234,7 +234,7 @@ class RedisSessionSink:
             time.sleep(1.0)
 
     def _minute_key(self) -> str:
-        return f"{self.key_prefix}stats:minute:{_now_ms() // 60_000}"
+        return self.keys.stats_minute(_now_ms() // MS_PER_MINUTE)
 
     def _failed(self, exc: Exception) -> None:
         now = _now_ms()
@@ -253,15 +253,15 @@ class RedisSessionSink:
         self, pipe: Any, totals: Mapping[str, int], minutes: Mapping[int, Mapping[str, int]]
     ) -> None:
         for name, value in totals.items():
-            pipe.hincrby(f"{self.key_prefix}stats:total", name, value)
+            pipe.hincrby(self.keys.stats_total, name, value)
         for minute, counts in minutes.items():
-            minute_key = f"{self.key_prefix}stats:minute:{minute}"
+            minute_key = self.keys.stats_minute(minute)
             for name, value in counts.items():
                 pipe.hincrby(minute_key, name, value)
-            pipe.expire(minute_key, MINUTE_STATS_TTL_S)
+            pipe.expire(minute_key, self.keys.stats_minute_ttl_s)
 
     def session_key(self, session_id: str) -> str:
-        return f"{self.key_prefix}session:{session_id}"
+        return self.keys.session(session_id)
 
     def write_session(
         self,
@@ -299,7 +299,7 @@ class RedisSessionSink:
         """Add ``counters`` to the running totals and the current minute's bucket."""
         if not counters:
             return
-        minute = (now_ms if now_ms is not None else _now_ms()) // 60_000
+        minute = (now_ms if now_ms is not None else _now_ms()) // MS_PER_MINUTE
         if self.buffered and pipe is None:
             self._totals.update(counters)
             self._minutes.setdefault(minute, Counter()).update(counters)
@@ -315,7 +315,7 @@ class RedisSessionSink:
         self, model_version: str, counters: Mapping[str, int], *, pipe: Any = None
     ) -> None:
         """Per-model session counters read by automatic rollback."""
-        key = f"{self.key_prefix}model:{model_version or 'unknown'}"
+        key = self.keys.model(model_version or "unknown")
         if self.buffered and pipe is None:
             self._models.setdefault(key, Counter()).update(counters)
             self._touch()
@@ -330,10 +330,10 @@ class RedisSessionSink:
             epoch,
             version,
             str(self.session_ttl_s),
-            f"{self.key_prefix}stats:total",
+            self.keys.stats_total,
             self._minute_key(),
-            str(MINUTE_STATS_TTL_S),
-            f"{self.key_prefix}model:",
+            str(self.keys.stats_minute_ttl_s),
+            self.keys.model_prefix,
             *pairs,
         ]
 
@@ -341,7 +341,7 @@ class RedisSessionSink:
         self, session_id: str, epoch: str, version: int, counts: Mapping[str, int]
     ) -> None:
         """Bring the shared counters up to this key's absolute ``counts`` (exactly once)."""
-        key = f"{self.key_prefix}counted:{session_id}"
+        key = self.keys.counted(session_id)
         args = [epoch, str(version)]
         for name, value in counts.items():
             args.extend((name, str(value)))
@@ -376,9 +376,9 @@ class RedisSessionSink:
         args = [
             f"{topic}:{partition}",
             str(offset),
-            f"{self.key_prefix}stats:total",
+            self.keys.stats_total,
             self._minute_key(),
-            str(MINUTE_STATS_TTL_S),
+            str(self.keys.stats_minute_ttl_s),
         ]
         for name, value in counters.items():
             args.extend((name, str(value)))
@@ -391,7 +391,7 @@ class RedisSessionSink:
         import redis
 
         try:
-            self._count_once_script(keys=[f"{self.key_prefix}counted:offsets"], args=args)
+            self._count_once_script(keys=[self.keys.counted_offsets], args=args)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._offsets.append(args)
             self._touch()

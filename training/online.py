@@ -16,55 +16,51 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
-STATS_MINUTE_TTL = timedelta(days=2)
-DEFAULT_MODEL_NAME = "intent"
+from schemas.redis_layout import DEFAULT_MODEL_NAME, MS_PER_MINUTE, RedisKeys
+
+# The keys themselves live in schemas/redis_layout.py; these name them for training.
 
 
 def pool_key(prefix: str) -> str:
-    return f"{prefix}pool"
+    return RedisKeys(prefix).pool
 
 
 def stats_total_key(prefix: str) -> str:
-    return f"{prefix}stats:total"
+    return RedisKeys(prefix).stats_total
 
 
 def stats_minute_key(prefix: str, epoch_minute: int) -> str:
-    return f"{prefix}stats:minute:{epoch_minute}"
+    return RedisKeys(prefix).stats_minute(epoch_minute)
 
 
 def registry_key(prefix: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
-    return (
-        f"{prefix}registry"
-        if model_name == DEFAULT_MODEL_NAME
-        else f"{prefix}registry:{model_name}"
-    )
+    return RedisKeys(prefix).registry(model_name)
 
 
 def registry_log_key(prefix: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
-    return registry_key(prefix, model_name) + ":log"
+    return RedisKeys(prefix).registry_log(model_name)
 
 
 def canary_check_key(prefix: str, model_name: str = DEFAULT_MODEL_NAME) -> str:
     """String: JSON of the latest automatic canary check (any outcome), for the dashboard."""
-    return registry_key(prefix, model_name) + ":canary_check"
+    return RedisKeys(prefix).canary_check(model_name)
 
 
 def model_key(prefix: str, model_version: str) -> str:
-    return f"{prefix}model:{model_version}"
+    return RedisKeys(prefix).model(model_version)
 
 
 def record_pool_added(client: Any, prefix: str, added: int, now_ms: int) -> None:
     """Count new pool samples in the total and the current UTC minute."""
     if client is None or added <= 0:
         return
-    minute_key = stats_minute_key(prefix, now_ms // 60_000)
+    minute_key = stats_minute_key(prefix, now_ms // MS_PER_MINUTE)
     pipe = client.pipeline()
     pipe.hincrby(stats_total_key(prefix), "pool_samples_added", added)
     pipe.hincrby(minute_key, "pool_samples_added", added)
-    pipe.expire(minute_key, int(STATS_MINUTE_TTL.total_seconds()))
+    pipe.expire(minute_key, RedisKeys(prefix).stats_minute_ttl_s)
     pipe.execute()
 
 

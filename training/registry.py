@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from connectors.settings import S3Settings, to_ms
+from schemas.redis_layout import RedisKeys
 from training.classifier import (
     DATA_REF_FILE,
     LABEL_MAP_FILE,
@@ -181,7 +182,7 @@ class Registry:
         self._lock = (
             RegistryLock(
                 redis,
-                f"{redis_prefix}registry:lock:{self.model_name}",
+                RedisKeys(redis_prefix).registry_lock(self.model_name),
                 lease_ms=to_ms(self.config.lock_lease),
                 timeout_ms=to_ms(self.config.lock_timeout),
             )

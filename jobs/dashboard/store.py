@@ -9,12 +9,10 @@ single bad write cannot blank the whole page.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-MS_PER_MINUTE = 60_000
+from schemas.redis_layout import MS_PER_MINUTE, RedisKeys
 
 # Counters of `stats:total` / `stats:minute:<m>` the page always shows (0 when absent).
 CORE_COUNTERS = (
@@ -32,47 +30,6 @@ POOL_FIELDS = ("samples_total", "labeled_high", "labeled_medium", "review_queue"
 MODEL_FIELDS = ("sessions", "negative_sessions", "flagged_sessions")
 REGISTRY_LOG_LIMIT = 20
 MAX_SESSION_ID_CHARS = 128
-
-
-@dataclass(frozen=True, slots=True)
-class RedisKeys:
-    """The key layout, under one configurable prefix (default ``fw:``)."""
-
-    prefix: str = "fw:"
-
-    def session(self, session_id: str) -> str:
-        return f"{self.prefix}session:{session_id}"
-
-    @property
-    def stats_total(self) -> str:
-        return f"{self.prefix}stats:total"
-
-    def stats_minute(self, epoch_minute: int) -> str:
-        return f"{self.prefix}stats:minute:{epoch_minute}"
-
-    def model(self, version: str) -> str:
-        return f"{self.prefix}model:{version}"
-
-    @property
-    def model_pattern(self) -> str:
-        """SCAN pattern matching every model hash (the prefix glob-escaped)."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "model:*"
-
-    @property
-    def registry(self) -> str:
-        return f"{self.prefix}registry"
-
-    @property
-    def canary_check(self) -> str:
-        return f"{self.prefix}registry:canary_check"
-
-    @property
-    def registry_log(self) -> str:
-        return f"{self.prefix}registry:log"
-
-    @property
-    def pool(self) -> str:
-        return f"{self.prefix}pool"
 
 
 def _number(value: str) -> int | float:
@@ -117,7 +74,7 @@ def read_summary(client: Any, keys: RedisKeys) -> dict[str, Any]:
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.stats_total)
     pipe.hgetall(keys.pool)
-    pipe.hgetall(keys.registry)
+    pipe.hgetall(keys.registry())
     raw_total, raw_pool, registry = pipe.execute()
     warnings: list[str] = []
     totals = _counters(keys.stats_total, raw_total, warnings, CORE_COUNTERS)
@@ -179,9 +136,9 @@ def read_models(client: Any, keys: RedisKeys) -> dict[str, Any]:
         for key in client.scan_iter(match=keys.model_pattern, count=500)
     }
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.registry)
-    pipe.lrange(keys.registry_log, -REGISTRY_LOG_LIMIT, -1)
-    pipe.get(keys.canary_check)
+    pipe.hgetall(keys.registry())
+    pipe.lrange(keys.registry_log(), -REGISTRY_LOG_LIMIT, -1)
+    pipe.get(keys.canary_check())
     registry, log, canary_check = pipe.execute()
     stable = registry.get("stable", "")
     canary = registry.get("canary", "")
@@ -191,7 +148,7 @@ def read_models(client: Any, keys: RedisKeys) -> dict[str, Any]:
         try:
             canary_share = float(_number(registry["canary_share"]))
         except ValueError:
-            warnings.append(f"{keys.registry} canary_share is not a number")
+            warnings.append(f"{keys.registry()} canary_share is not a number")
     versions.update(v for v in (stable, canary) if v)
     ordered = sorted(versions, key=lambda v: (v != stable, v != canary, v))
 
