@@ -34,7 +34,7 @@ from features.columns import FLAGGED_PARQUET_FIELDS, PARQUET_SCHEMA_FIELDS
 from features.compute import is_negative_feedback
 from jobs.embedding import TextVectorCache
 from jobs.row_types import flink_value, row_type
-from schemas.dlq import build_dlq_message
+from schemas.dlq import build_dlq_message, dlq_message_json
 from schemas.events import Event, Feedback, ParseError, UserMessage
 
 FEATURE_ROW_NAMES = [name for name, _ in PARQUET_SCHEMA_FIELDS] + ["dt"]
@@ -43,13 +43,6 @@ FEATURE_ROW_TYPE = row_type(PARQUET_SCHEMA_FIELDS, ("dt", "string"))
 KEYED_JSON_TYPE = Types.ROW_NAMED(["session_id", "payload"], [Types.STRING(), Types.STRING()])
 FLAGGED_TAG = OutputTag("flagged", KEYED_JSON_TYPE)
 DLQ_TAG = OutputTag("dead-letters", KEYED_JSON_TYPE)
-
-
-# A dead letter must fit in one Kafka record: the DLQ producer's max.request.size is 1 MiB
-# by default, and a record it cannot send fails the job, which then replays the same
-# record forever. JSON escaping can grow text up to 6x, so the raw text is capped at
-# 128 Ki characters; the source topic/partition/offset still point at the whole record.
-DLQ_MAX_RAW_CHARS = 128 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,22 +73,6 @@ def _even(ms: int) -> int:
 
 def utc_date(ts_ms: int) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ts_ms // 1000))
-
-
-def dead_letter_json(message: dict[str, Any], raw_size_bytes: int) -> str:
-    """The dead-letter message as JSON, its ``raw`` cut to ``DLQ_MAX_RAW_CHARS`` if longer.
-
-    A cut message says so with ``raw_truncated: true`` and ``raw_size_bytes``; base64 is
-    cut at a multiple of 4 characters so the kept part still decodes.
-    """
-    if len(message["raw"]) > DLQ_MAX_RAW_CHARS:
-        message = {
-            **message,
-            "raw": message["raw"][:DLQ_MAX_RAW_CHARS],
-            "raw_truncated": True,
-            "raw_size_bytes": raw_size_bytes,
-        }
-    return json.dumps(message, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -251,7 +228,7 @@ class ParseEvents(ProcessFunction):
                 self._sink.count_once(
                     topic, partition, offset, {"dlq": 1, f"dlq:{result.reason}": 1}
                 )
-            yield DLQ_TAG, Row(result.session_id, dead_letter_json(message, len(raw)))
+            yield DLQ_TAG, Row(result.session_id, dlq_message_json(message, len(raw)))
             return
         if self._deny_list.denies(result.user_id):
             # A forgotten user: counted, never stored, never moving event time.
@@ -702,7 +679,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 source_offset=position.offset,
                 rejected_at_ms=_now_ms(),
             )
-            yield DLQ_TAG, Row(event.session_id, dead_letter_json(message, len(position.raw)))
+            yield DLQ_TAG, Row(event.session_id, dlq_message_json(message, len(position.raw)))
         else:
             if isinstance(event, Feedback):
                 counters["explicit_signals"] = 1

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+import json
+from typing import Any, Final
 
 from schemas.events import ParseError
+
+# Longest ``raw`` a dead letter carries (a multiple of 4, so cut base64 still decodes);
+# a longer one is cut and says so (``raw_truncated``, ``raw_size_bytes``). A dead letter
+# must fit in one Kafka record: the DLQ producer's max.request.size is 1 MiB by default,
+# and a record it cannot send fails the job, which then replays the same record
+# forever. JSON escaping can grow text up to 6x, hence 128 Ki characters; the source
+# topic/partition/offset still point at the whole record.
+DLQ_MAX_RAW_CHARS: Final = 128 * 1024
 
 
 def raw_as_text(raw: bytes | str) -> tuple[str, str]:
@@ -46,6 +55,22 @@ def build_dlq_message(
     if error.session_id is not None:
         message["session_id"] = error.session_id
     return message
+
+
+def dlq_message_json(message: dict[str, Any], raw_size_bytes: int) -> str:
+    """The dead-letter message as JSON, its ``raw`` cut to ``DLQ_MAX_RAW_CHARS`` if longer.
+
+    A cut message says so with ``raw_truncated: true`` and ``raw_size_bytes`` (the size
+    of the whole raw record).
+    """
+    if len(message["raw"]) > DLQ_MAX_RAW_CHARS:
+        message = {
+            **message,
+            "raw": message["raw"][:DLQ_MAX_RAW_CHARS],
+            "raw_truncated": True,
+            "raw_size_bytes": raw_size_bytes,
+        }
+    return json.dumps(message, ensure_ascii=False)
 
 
 def decode_dlq_raw(message: dict[str, Any]) -> bytes:

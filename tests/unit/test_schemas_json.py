@@ -105,3 +105,23 @@ def test_late_event_dlq_message() -> None:
     )
     assert validation_errors("dlq_message.v1", message) == []
     assert validation_errors("dlq_message.v1", {**message, "reason": "bored"}) != []
+
+
+def test_a_long_raw_is_cut_and_says_so() -> None:
+    import base64
+
+    from schemas.dlq import DLQ_MAX_RAW_CHARS, dlq_message_json
+
+    raw = b"\xff" + bytes(range(256)) * 1_000  # not UTF-8: base64, 342,000 characters
+    error = parse(raw)
+    assert isinstance(error, ParseError)
+    message = build_dlq_message(
+        error, raw, source_topic="t", source_partition=0, source_offset=7, rejected_at_ms=1
+    )
+    cut = json.loads(dlq_message_json(message, len(raw)))
+    assert validation_errors("dlq_message.v1", cut) == []
+    assert len(cut["raw"]) == DLQ_MAX_RAW_CHARS
+    assert cut["raw_truncated"] is True and cut["raw_size_bytes"] == len(raw)
+    assert raw.startswith(base64.b64decode(cut["raw"]))  # the kept part still decodes
+    short = json.loads(dlq_message_json({**message, "raw": "short"}, 5))
+    assert "raw_truncated" not in short and short["raw"] == "short"
