@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -37,26 +36,9 @@ class Duration(click.ParamType):
 
 
 def _kafka_settings() -> KafkaSettings:
-    """Kafka settings from FLYWHEEL_KAFKA_*, falling back to the running local stack."""
-    overrides: dict[str, Any] = {}
-    if "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
-        bootstrap = _stack_kafka_bootstrap()
-        if bootstrap:
-            overrides["bootstrap_servers"] = bootstrap
-    return KafkaSettings.load(**overrides)
-
-
-def _stack_kafka_bootstrap() -> str | None:
-    """The Kafka of the local stack (``flywheel stack up``) when it runs."""
-    try:
-        from deploy.stack import running_endpoints
-    except ImportError:
-        return None
-    try:
-        endpoints = running_endpoints()
-    except Exception:  # a broken state file must not stop an explicit configuration
-        return None
-    return getattr(endpoints, "kafka_bootstrap", None) if endpoints is not None else None
+    """Kafka settings from FLYWHEEL_KAFKA_* (the CLI entry point fills them in from a
+    running local stack)."""
+    return KafkaSettings.load()
 
 
 def _fail_config(exc: ConfigError) -> None:

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1136,6 +1136,39 @@ def running_endpoints(state_dir: Path | str | None = None) -> StackEndpoints | N
     return Stack(_settings(state_dir, {})).running_endpoints()
 
 
+# Per service, the variable that says "configured explicitly": when it is set, none of
+# that service's settings come from the local stack (an explicit Kafka is never mixed
+# with the stack's). The other variables of a service fill in only where unset.
+_SERVICE_ENDPOINT_VARS = {
+    "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": ("FLYWHEEL_KAFKA_",),
+    "FLYWHEEL_REDIS_URL": ("FLYWHEEL_REDIS_URL",),
+    "FLYWHEEL_S3_ENDPOINT_URL": ("FLYWHEEL_S3_",),
+}
+
+
+def use_running_stack_for_unset_endpoints(
+    environ: MutableMapping[str, str] | None = None, state_dir: Path | str | None = None
+) -> StackEndpoints | None:
+    """Point the services not configured in ``environ`` at the running local stack.
+
+    The one place the command line falls back to ``flywheel stack up``'s services
+    (``jobs/cli.py`` calls it once per command). Returns the stack's endpoints, or None
+    when no stack runs or its state cannot be read (explicit settings still work).
+    """
+    env = os.environ if environ is None else environ
+    try:
+        endpoints = running_endpoints(state_dir)
+    except Exception:  # noqa: BLE001 - a broken state file must not stop explicit settings
+        return None
+    if endpoints is None:
+        return None
+    unset = [prefixes for var, prefixes in _SERVICE_ENDPOINT_VARS.items() if var not in env]
+    for key, value in endpoints.to_env().items():
+        if any(key.startswith(prefixes) for prefixes in unset):
+            env.setdefault(key, value)
+    return endpoints
+
+
 def stop_stack(
     state_dir: Path | str | None = None, *, purge: bool = False, progress: Progress = _noop
 ) -> None:
@@ -1152,6 +1185,7 @@ def stack_status(
 
 __all__ = [
     "HealthError",
+    "use_running_stack_for_unset_endpoints",
     "ServiceStatus",
     "Stack",
     "StackEndpoints",

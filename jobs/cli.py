@@ -105,6 +105,12 @@ def jvm_logs_to_state_dir() -> Path | None:
 def main() -> None:
     """Flywheel: streaming feedback pipeline for an LLM assistant."""
     jvm_logs_to_state_dir()
+    # Services not configured by FLYWHEEL_* variables come from `flywheel stack up`, if
+    # it runs: done here once for every command (eval "$(flywheel stack env)" does the
+    # same in a shell).
+    from deploy.stack import use_running_stack_for_unset_endpoints
+
+    use_running_stack_for_unset_endpoints()
 
 
 if __name__ == "__main__":

@@ -23,23 +23,9 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
     return overrides
 
 
-def use_local_stack_defaults() -> None:
-    """Point unset FLYWHEEL_* endpoints at the running local stack, if there is one."""
-    import os
-
-    from deploy.stack import running_endpoints
-
-    endpoints = running_endpoints()
-    if endpoints is None:
-        return
-    for key, value in endpoints.to_env().items():
-        os.environ.setdefault(key, value)
-
-
 def _load(overrides: dict[str, Any]) -> Any:
     from jobs.streaming import load_context
 
-    use_local_stack_defaults()
     try:
         return load_context(**overrides)
     except ConfigError as exc:

@@ -8,7 +8,6 @@ FLYWHEEL_S3_*; where a service's variables are unset, the running local stack
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +17,17 @@ from connectors.settings import ConfigError, KafkaSettings, RedisSettings, S3Set
 from training.errors import TrainingError
 
 
-def _stack() -> Any:
-    try:
-        from deploy.stack import running_endpoints
-
-        return running_endpoints()
-    except Exception:  # no stack, or a broken state file: explicit settings still work
-        return None
-
-
 class Env:
     """Settings and clients of one command invocation."""
 
     def __init__(self) -> None:
         from training.settings import TrainingSettings
 
-        stack = _stack()
-        kafka: dict[str, Any] = {}
-        redis: dict[str, Any] = {}
-        s3: dict[str, Any] = {}
-        if stack is not None:
-            if "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
-                kafka["bootstrap_servers"] = stack.kafka_bootstrap
-            if "FLYWHEEL_REDIS_URL" not in os.environ:
-                redis["url"] = stack.redis_url
-            if "FLYWHEEL_S3_ENDPOINT_URL" not in os.environ:
-                s3.update(
-                    endpoint_url=stack.s3_endpoint_url,
-                    access_key_id=stack.s3_access_key_id,
-                    secret_access_key=stack.s3_secret_access_key,
-                )
-                if "FLYWHEEL_S3_BUCKET" not in os.environ:
-                    s3["bucket"] = stack.s3_bucket
         try:
             self.settings = TrainingSettings.load()
-            self.kafka = KafkaSettings.load(**kafka)
-            self.s3 = S3Settings.load(**s3)
-            self.redis_settings = RedisSettings.load(**redis) if self.settings.use_redis else None
+            self.kafka = KafkaSettings.load()
+            self.s3 = S3Settings.load()
+            self.redis_settings = RedisSettings.load() if self.settings.use_redis else None
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         self._redis: Any = None

@@ -7,7 +7,6 @@ hand-drawn SVG charts, nothing fetched at run time).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -17,27 +16,16 @@ from connectors.settings import ConfigError, RedisSettings
 __all__ = ["dashboard", "load_settings"]
 
 
-def _stack_redis_url() -> str | None:
-    """The Redis URL of a running local stack (``flywheel stack up``), if any."""
-    try:
-        from deploy.stack import running_endpoints
-    except ImportError:
-        return None
-    endpoints = running_endpoints()
-    return endpoints.redis_url if endpoints is not None else None
-
-
 def load_settings(
     host: str | None = None, port: int | None = None, redis_url: str | None = None
 ) -> tuple[RedisSettings, Any]:
-    """Redis and dashboard settings: options, then FLYWHEEL_* env, then the running stack."""
+    """Redis and dashboard settings: options, then FLYWHEEL_* env (which the CLI entry
+    point fills in from a running local stack)."""
     from jobs.dashboard.settings import DashboardSettings
 
     redis_overrides: dict[str, Any] = {}
     if redis_url:
         redis_overrides["url"] = redis_url
-    elif "FLYWHEEL_REDIS_URL" not in os.environ and (stack_url := _stack_redis_url()):
-        redis_overrides["url"] = stack_url
     dashboard_overrides = {
         name: value for name, value in (("host", host), ("port", port)) if value is not None
     }

@@ -145,9 +145,9 @@ def main() -> None:
     parser.add_argument("--settle-seconds", type=float, default=30.0)
     args = parser.parse_args()
 
-    from jobs.commands import use_local_stack_defaults
+    from deploy.stack import use_running_stack_for_unset_endpoints
 
-    use_local_stack_defaults()
+    use_running_stack_for_unset_endpoints()
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from connectors.settings import RedisSettings

@@ -218,9 +218,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
 
-    from jobs.commands import use_local_stack_defaults
+    from deploy.stack import use_running_stack_for_unset_endpoints
 
-    use_local_stack_defaults()
+    use_running_stack_for_unset_endpoints()
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from connectors.settings import RedisSettings
