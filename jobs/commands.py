@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from connectors.settings import ConfigError
+from features.rules import RuleError
 
 
 def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -30,10 +31,8 @@ def _load(overrides: dict[str, Any]) -> Any:
         return load_context(**overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - a rule file error names the rule
-        if type(exc).__name__ == "RuleError":
-            raise click.ClickException(f"invalid rules: {exc}") from None
-        raise
+    except RuleError as exc:  # names the rule
+        raise click.ClickException(f"invalid rules: {exc}") from None
 
 
 class IdleMonitor:

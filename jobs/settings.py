@@ -10,7 +10,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 if TYPE_CHECKING:
+    from features.config import FeatureConfig
     from features.redaction import Redactor
+    from features.rules import RuleSet
 
 from connectors.settings import FlywheelSettings, to_ms
 
@@ -180,7 +182,7 @@ class FeatureJobSettings(FlywheelSettings):
     def state_ttl_ms(self) -> int:
         return to_ms(self.state_ttl)
 
-    def feature_config(self) -> object:
+    def feature_config(self) -> FeatureConfig:
         """The ``features.FeatureConfig`` these settings describe."""
         from features import FeatureConfig
 
@@ -197,7 +199,7 @@ class FeatureJobSettings(FlywheelSettings):
             slow_response_ms=self.slow_response_ms,
         )
 
-    def rule_set(self) -> object:
+    def rule_set(self) -> RuleSet:
         """Rules from ``rules_path`` or the contract's defaults; fails naming a bad rule."""
         from features import RuleSet
 
