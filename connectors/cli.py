@@ -15,7 +15,7 @@ import click
 from connectors.settings import ConfigError, KafkaSettings
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     """A duration such as ``7d``, ``12h``, ``30m``, ``45s``, ``500ms`` or ISO ``P7D``."""
 
     name = "duration"

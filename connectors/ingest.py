@@ -137,7 +137,7 @@ class RateLimiter:
             self._buckets[client] = (tokens - 1.0, now)
             return 0.0
         self._buckets[client] = (tokens, now)
-        return (1.0 - tokens) / self.per_s
+        return float((1.0 - tokens) / self.per_s)
 
     def _sweep(self, now: float) -> None:
         full_after = self.burst / self.per_s

@@ -15,7 +15,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 

@@ -1,5 +1,5 @@
-"""Every package is lint-clean and formatted (ruff); features/ and schemas/ stay typed
-(mypy --strict)."""
+"""Every package is lint-clean and formatted (ruff); features/, schemas/ and
+connectors/ stay typed (mypy --strict)."""
 
 from __future__ import annotations
 
