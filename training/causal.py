@@ -140,7 +140,7 @@ def train_response_adapter(
     device = resolve_device(config.device)
     with _quiet_hf():
         tokenizer = AutoTokenizer.from_pretrained(base_model)
-        model = AutoModelForCausalLM.from_pretrained(base_model)
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -234,7 +234,7 @@ def train_response_adapter(
         eval_pairs=len(eval_pairs),
         eval_loss_before=before,
         eval_loss_after=after,
-        samples_per_s=stats["samples_per_s"],
+        samples_per_s=round(seen / wall_s, 2) if wall_s > 0 else 0.0,
         wall_s=wall_s,
     )
 

@@ -191,7 +191,7 @@ def extract_samples(
         if item.get("kind") == "edit" and item.get("corrected_text"):
             edits_by_request[str(request_id)] = str(item["corrected_text"])
 
-    common = {
+    common: dict[str, Any] = {
         "source_topic": source.topic,
         "source_partition": source.partition,
         "source_offset": source.offset,

@@ -115,9 +115,9 @@ def read_export(path: Path) -> list[dict[str, Any]]:
             tasks = [json.loads(line) for line in text.splitlines() if line.strip()]
     except ValueError as exc:
         raise LabelImportError(f"{path} is neither a JSON list nor JSON Lines: {exc}") from exc
-    if not all(isinstance(t, dict) for t in tasks):
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise LabelImportError(f"{path}: every task must be a JSON object")
-    return tasks
+    return list(tasks)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,8 +165,8 @@ def parse_export(
     skipped = 0
     for number, task in enumerate(tasks, start=1):
         where = f"task {task.get('id', number)}"
-        data = task.get("data") if isinstance(task.get("data"), Mapping) else task
-        meta = task.get("meta") if isinstance(task.get("meta"), Mapping) else {}
+        data: Mapping[str, Any] = task["data"] if isinstance(task.get("data"), Mapping) else task
+        meta: Mapping[str, Any] = task["meta"] if isinstance(task.get("meta"), Mapping) else {}
         session_id = data.get("session_id") or meta.get("session_id")
         request_id = data.get("request_id") or meta.get("request_id")
         try:

@@ -405,17 +405,19 @@ class PoolConsumer:
                     if time.monotonic() - last_message >= idle_timeout_s:
                         break
                     continue
-                if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         continue
-                    if message.error().fatal():
-                        raise KafkaException(message.error())
-                    log.warning("kafka: %s", message.error())
+                    if error.fatal():
+                        raise KafkaException(error)
+                    log.warning("kafka: %s", error)
                     continue
                 last_message = time.monotonic()
-                self._buffer[(message.topic(), message.partition())].append(
-                    (message.offset(), message.value())
-                )
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                if topic is None or partition is None or offset is None:
+                    continue  # only error events lack them, and those were handled above
+                self._buffer[(topic, partition)].append((offset, message.value()))
                 self._report.messages += 1
                 buffered += 1
                 if buffered >= self.config.flush_every_messages:
