@@ -151,8 +151,8 @@ def demo(
     for result in ensure_topics(kafka):
         _info(f"{result.name}: {getattr(result, 'status', 'ok')}")
 
-    from training.classifier import Predictor
     from training.loop import bootstrap, run_loop
+    from training.predictor import Predictor
     from training.registry import ModelRouter, Registry, route
     from training.rollback import check_canary
     from training.settings import TrainingSettings

@@ -23,7 +23,7 @@ from typing import Any
 
 from connectors.settings import KafkaSettings, S3Settings
 from features.redaction import Redactor
-from training.classifier import Predictor, TrainResult, read_label_map, train_intent_adapter
+from training.classifier import TrainResult, read_label_map, train_intent_adapter
 from training.data import (
     TrainingExample,
     TrainingSet,
@@ -34,6 +34,7 @@ from training.data import (
 )
 from training.evaluate import EvalSets, evaluate_model, gate, gate_report, load_heldout
 from training.pool import PoolConsumer, PoolSnapshot, PoolStore
+from training.predictor import Predictor
 from training.registry import CANARY, STABLE, Registry
 from training.settings import TrainingSettings
 from training.synthetic import LabeledText, base_dataset
