@@ -97,7 +97,8 @@ def pool() -> None:
 )
 def pool_consume(max_messages: int | None, idle_timeout_s: float, topic: str | None) -> None:
     """Read flywheel.flagged (read-committed) into the pool; commit after each write."""
-    from training.pool import PoolConsumer, ensure_bucket
+    from training.pool import ensure_bucket
+    from training.pool_consumer import PoolConsumer
 
     env = Env()
 

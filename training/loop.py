@@ -33,7 +33,8 @@ from training.data import (
     labeled,
 )
 from training.evaluate import EvalSets, evaluate_model, gate, gate_report, load_heldout
-from training.pool import PoolConsumer, PoolSnapshot, PoolStore
+from training.pool import PoolSnapshot, PoolStore
+from training.pool_consumer import PoolConsumer
 from training.predictor import Predictor
 from training.registry import CANARY, STABLE, Registry
 from training.settings import TrainingSettings
