@@ -133,11 +133,10 @@ def demo(
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
     _step("1/8 local stack: Kafka (KRaft), Redis, S3")
-    from deploy.stack import ensure_up
+    from deploy.stack import ensure_up, use_running_stack_for_unset_endpoints
 
     endpoints = ensure_up(progress=_info)
-    for key, value in endpoints.to_env().items():
-        os.environ.setdefault(key, value)
+    use_running_stack_for_unset_endpoints()  # now that it runs (the CLI looked before)
     _info(
         f"Kafka {endpoints.kafka_bootstrap} | Redis {endpoints.redis_url} | "
         f"S3 {endpoints.s3_endpoint_url}"
