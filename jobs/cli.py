@@ -30,6 +30,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "backfill": ("jobs.commands", "backfill", "Run the feature job over JSON Lines files."),
     "forget": ("jobs.forget", "forget", "Remove a user everywhere and deny their events."),
     "demo": ("jobs.demo", "demo", "Run the whole flywheel end to end on the local stack."),
+    "encoder": ("jobs.onnx_encoder", "encoder", "Export the fast (onnx-int8) sentence encoder."),
     "dashboard": ("jobs.dashboard", "dashboard", "Serve the flywheel dashboard."),
     "pool": ("training.cli", "pool", "Build the labeled sample pool from flagged sessions."),
     "label": ("training.cli", "label", "Export and import the human review queue."),

@@ -313,6 +313,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 settings.embedding_model_path,
                 settings.embedding_batch_size,
                 settings.embedding_threads,
+                settings.embedding_backend,
+                settings.embedding_export_dir,
             )
         self.sink: Any = None
         if self._redis_factory is not None:

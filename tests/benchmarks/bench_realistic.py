@@ -137,10 +137,10 @@ def produce(bootstrap: str, topic: str, stream, partitions: int) -> int:
     return len(stream.deliveries) + partitions
 
 
-def encode_rate(texts: list[str], batch_size: int) -> float:
+def encode_rate(texts: list[str], batch_size: int, backend: str, threads: int) -> float:
     from jobs.embedding import Embedder
 
-    embedder = Embedder(batch_size=batch_size)
+    embedder = Embedder(batch_size=batch_size, threads=threads, backend=backend)  # type: ignore[arg-type]
     embedder.encode(texts[:32])
     started = time.perf_counter()
     embedder.encode(texts)
@@ -246,12 +246,19 @@ def main() -> None:
     texts = [e["text"] for e in stream.events if e["event_type"] == "user_message"]
     user_share = len(texts) / records
     distinct_share = len(set(texts)) / len(texts)
-    batch = int(os.environ.get("FLYWHEEL_JOB_EMBEDDING_BATCH_SIZE", "64"))
-    rate = encode_rate(texts[:2000], batch)
+    job_settings = load_context().job
+    batch, backend = job_settings.embedding_batch_size, job_settings.embedding_backend
+    threads = job_settings.embedding_threads
+    for other in ("torch", "onnx-int8"):
+        if other != backend:
+            print(f"encoder {other} alone: {encode_rate(texts[:2000], batch, other, threads):,.0f} "
+                  f"texts/s on these texts ({threads} thread(s))", flush=True)  # fmt: skip
+    rate = encode_rate(texts[:2000], batch, backend, threads)
     ceiling_all = rate / user_share
     ceiling_distinct = rate / (user_share * distinct_share)
     print(
-        f"encoder alone: {rate:,.0f} texts/s on these texts -> encode-bound ceiling "
+        f"encoder {backend} alone (the job's): {rate:,.0f} texts/s on these texts "
+        f"({threads} thread(s)) -> encode-bound ceiling "
         f"{ceiling_all:,.0f} events/s encoding every text, {ceiling_distinct:,.0f} events/s "
         f"encoding each distinct text once",
         flush=True,

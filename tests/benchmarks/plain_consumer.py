@@ -52,7 +52,13 @@ def run(topic: str, sessions_expected: int, prefix: str, parquet_out: str | None
     )
     producer = Producer({**kafka.client_config(), "linger.ms": 20})
     redis = RedisSettings.load().client()
-    embedder = Embedder(batch_size=ctx.job.embedding_batch_size)
+    # The job's encoder (backend) so the two compare like for like; all cores, as a
+    # single-process program would use them.
+    embedder = Embedder(
+        batch_size=ctx.job.embedding_batch_size,
+        backend=ctx.job.embedding_backend,
+        export_dir=ctx.job.embedding_export_dir,
+    )
     embedder.encode(["warm up"])
     text_vectors: dict[str, Any] = {}
 
