@@ -12,9 +12,10 @@ import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 def default_model_path() -> Path:
@@ -86,7 +87,7 @@ class Embedder:
             return [False] * len(texts)
         return [model_cannot_read(text_pieces, unknown) for text_pieces in pieces]
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Vectors for ``texts`` (rows L2-normalized), as one float32 array.
 
         The row of a text the model cannot read is NaN (``is_unreadable``): it takes part
@@ -94,6 +95,7 @@ class Embedder:
         """
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        vectors: NDArray[np.float32]
         if self._onnx is not None:
             vectors = self._onnx.encode(list(texts), self.batch_size)
         else:
@@ -151,12 +153,12 @@ class TextVectorCache:
             self._vectors.popitem(last=False)
 
 
-def is_unreadable(vector: np.ndarray) -> bool:
+def is_unreadable(vector: NDArray[np.floating[Any]]) -> bool:
     """Whether ``vector`` is ``Embedder.encode``'s mark of a text the model cannot read."""
     return bool(vector.size) and bool(np.isnan(vector[0]))
 
 
-def array_from_bytes(raw: bytes) -> np.ndarray:
+def array_from_bytes(raw: bytes) -> NDArray[np.float64]:
     """Inverse of ``Embedder.encode_to_bytes`` for one vector, as float64 (the same values)."""
     return np.frombuffer(raw, dtype=np.float32).astype(np.float64)
 
@@ -169,7 +171,7 @@ def array_from_bytes(raw: bytes) -> np.ndarray:
 _HEADER = struct.Struct("<I")
 
 
-def _read_exact(stream: BinaryIO, size: int) -> bytes:
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
         chunk = stream.read(size - len(data))
@@ -179,12 +181,12 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes:
     return bytes(data)
 
 
-def _write_frame(stream: BinaryIO, payload: bytes) -> None:
+def _write_frame(stream: IO[bytes], payload: bytes) -> None:
     stream.write(_HEADER.pack(len(payload)) + payload)
     stream.flush()
 
 
-def _read_frame(stream: BinaryIO) -> bytes:
+def _read_frame(stream: IO[bytes]) -> bytes:
     (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
     return _read_exact(stream, size)
 
@@ -216,8 +218,8 @@ class EmbeddingProcess:
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=project_root
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._stdin: BinaryIO = self._proc.stdin
-        self._stdout: BinaryIO = self._proc.stdout
+        self._stdin: IO[bytes] = self._proc.stdin
+        self._stdout: IO[bytes] = self._proc.stdout
         self.in_flight = []
         ready = _read_frame(self._stdout)
         if ready != b"ready":

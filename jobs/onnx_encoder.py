@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 EXPORT_FORMAT = 1  # bump when the files an export writes change
 
@@ -81,7 +82,7 @@ def export_int8(model_path: Path, export_dir: Path) -> Path:
             named = dict(zip(input_names, inputs, strict=True))
             return self.inner(**named).last_hidden_state
 
-    wrapper = _LastHiddenState(transformer.auto_model.eval())
+    wrapper = _LastHiddenState(transformer.auto_model).eval()
     sample = tokenizer(["hello world", "how much?"], padding=True, return_tensors="pt")
     export_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=export_dir))
@@ -122,7 +123,7 @@ def export_int8(model_path: Path, export_dir: Path) -> Path:
             "format": EXPORT_FORMAT,
             "source": str(model_path),
             "input_names": input_names,
-            "max_seq_length": int(transformer.max_seq_length or 512),
+            "max_seq_length": int(getattr(transformer, "max_seq_length", None) or 512),
             "pooling": pooling,
             "normalize": normalize,
             "unk_token": tokenizer.unk_token,
@@ -189,16 +190,17 @@ class OnnxEncoder:
 
     @property
     def unk_token(self) -> str | None:
-        return self.meta["unk_token"]
+        token = self.meta["unk_token"]
+        return None if token is None else str(token)
 
     def word_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return [e.tokens for e in self._pieces.encode_batch(list(texts), add_special_tokens=False)]
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int) -> NDArray[np.float32]:
         """L2-normalized (if the model normalizes) float32 rows, in the order of ``texts``."""
         # Like sentence-transformers: batches of similar lengths pad little.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        rows: np.ndarray | None = None
+        rows: NDArray[np.float32] | None = None
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             encodings = self._inputs.encode_batch([texts[i] for i in chunk])
@@ -217,7 +219,7 @@ class OnnxEncoder:
         assert rows is not None
         return rows
 
-    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _pool(self, hidden: NDArray[np.float32], mask: NDArray[np.int64]) -> NDArray[np.float32]:
         if self.meta["pooling"] == "cls":
             vectors = hidden[:, 0, :]
         else:
@@ -251,7 +253,7 @@ def _cli() -> Any:
         from jobs.embedding import default_export_dir, default_model_path
         from jobs.settings import FeatureJobSettings
 
-        settings = FeatureJobSettings()
+        settings = FeatureJobSettings.load()
         model_path = settings.embedding_model_path or default_model_path()
         export_dir = settings.embedding_export_dir or default_export_dir()
         started = time.monotonic()

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from connectors.settings import RedisSettings, to_ms
 from jobs.dashboard import store
 from jobs.dashboard.settings import DashboardSettings
+from schemas.redis_layout import MS_PER_MINUTE, RedisKeys
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MINUTES = 2880  # the per-minute hashes live 2 days
@@ -38,7 +39,7 @@ def create_app(
 ) -> FastAPI:
     """Build the app; ``clock_ms`` says which minute is "now" (UTC epoch ms)."""
     client = redis_settings.client()
-    keys = store.RedisKeys(redis_settings.key_prefix)
+    keys = RedisKeys(redis_settings.key_prefix)
     app = FastAPI(title="Flywheel dashboard", docs_url="/api/docs", redoc_url=None)
     app.state.redis = client
 
@@ -79,7 +80,7 @@ def create_app(
     ) -> dict[str, Any]:
         """Per-minute counters of the last ``n`` minutes (ending now unless ``end_minute``)."""
         now_ms = clock_ms()
-        last = now_ms // store.MS_PER_MINUTE if end_minute is None else end_minute
+        last = now_ms // MS_PER_MINUTE if end_minute is None else end_minute
         return {"now_ms": now_ms, **store.read_minutes(client, keys, last, n)}
 
     @app.get("/api/models")

@@ -1,5 +1,5 @@
-"""Every package is lint-clean and formatted (ruff); all but jobs/ (PyFlink glue) are
-typed (mypy --strict; the list is pyproject.toml's)."""
+"""Every package is lint-clean and formatted (ruff) and typed (mypy --strict), but for
+jobs/' PyFlink glue, exempt by name in pyproject.toml."""
 
 from __future__ import annotations
 
