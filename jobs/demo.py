@@ -270,7 +270,7 @@ def demo(
 
     _step("8/8 summary")
     stable_after = _model_counts(redis, prefix, stable)
-    rows = [("phase", "model", "sessions", "flagged rate", "weak-slice accuracy")]
+    rows = [("phase", "model", "sessions", "flagged rate", "weak-slice accuracy (in-distribution)")]
     s1 = model_before
     d_sessions = stable_after.get("sessions", 0) - s1.get("sessions", 0)
     rows.append(
@@ -311,6 +311,25 @@ def demo(
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("    " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    handwritten = (report_dict.get("gate") or {}).get("handwritten")
+    if handwritten and candidate:
+        _info("held-out accuracy on hand-written questions (no template, never trained on):")
+        table = [("slice", f"{stable} (stable)", f"{candidate} (candidate)")]
+        names = {
+            "delivery_time/en": "weak slice, English",
+            "delivery_time/zh": "weak slice, Chinese",
+            "core/en": "other intents, English",
+            "core/zh": "other intents, Chinese",
+        }
+        for key, name in names.items():
+            current, new = handwritten["current"].get(key), handwritten["candidate"].get(key)
+            if current and new:
+                table.append(
+                    (f"{name} (n={new['n']})", _pct(current["accuracy"]), _pct(new["accuracy"]))
+                )
+        widths = [max(len(r[i]) for r in table) for i in range(3)]
+        for row in table:
+            click.echo("    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     gate = (report_dict.get("gate") or {}).get("summary")
     if gate:
         _info(f"evaluation gate on held-out data: {gate}")

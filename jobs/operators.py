@@ -349,6 +349,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         # event_id -> text of the batch the child encodes now.
         self.in_flight: dict[str, str] = {}
         self.vector_cache: dict[str, bytes] = {}
+        # session_id -> its user messages' vectors (see _load).
+        self.vectors_by_key: dict[str, dict[str, bytes]] = {}
         self.text_vectors = TextVectorCache(settings.embedding_cache_entries)
         self.submitted_at_ms = 0
         self.batch_ms = 50.0
@@ -428,15 +430,37 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if self.sink is not None and state.counts_version != version_before:
             self.sink.add_share(key, state.counts_epoch, state.counts_version, state.counts)
 
-    def _load(self) -> tracker.TrackerState:
-        state = self.state.value()
-        return state if state is not None else tracker.TrackerState()
+    # A key's vectors live in operator memory (vectors_by_key), not in its Flink state:
+    # the state is pickled and copied into the JVM on every event, and a session's
+    # vectors were most of its bytes (384 floats per user message). The encoder is
+    # deterministic, so vectors are recomputable: after a restore, or on the subtask a
+    # key moved to, the ones missing are encoded again (the restore paths of
+    # _write_waiting, _on_idle_timer and a forced _collect_vectors at close).
 
-    def _save(self, state: tracker.TrackerState) -> None:
+    def _load(self, key: str) -> tracker.TrackerState:
+        state = self.state.value()
+        if state is None:
+            state = tracker.TrackerState()
+        kept = self.vectors_by_key.get(key)
+        if kept is not None:
+            kept.update(state.vectors)  # a checkpoint from before this kept them in state
+            state.vectors = kept
+        return state
+
+    def _save(self, key: str, state: tracker.TrackerState) -> None:
+        if state.vectors:
+            self.vectors_by_key[key] = state.vectors
+        else:
+            self.vectors_by_key.pop(key, None)
         if state.is_empty():
             self.state.clear()
-        else:
-            self.state.update(state)
+            self.vectors_by_key.pop(key, None)
+            return
+        vectors, state.vectors = state.vectors, {}
+        try:
+            self.state.update(state)  # pickled here, without the vectors
+        finally:
+            state.vectors = vectors
 
     def _harvest(self, *, wait: bool) -> None:
         """Move the vectors of the batch in flight into the cache once it is done."""
@@ -653,7 +677,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def process_element(self, value: tuple[Any, ...], ctx: Any) -> Iterator[Any]:
         event, position = value[0], value[1]  # streaming adds the reader's watermark
         self.last_input_wall_ms = _now_ms()
-        state = self._load()
+        state = self._load(event.session_id)
         if self._expire_if_stale(event.session_id, state):
             state = tracker.TrackerState()  # its counter share stays with the old epoch
         counts_before = state.counts_version
@@ -711,7 +735,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             state.count(counters, epoch=f"{event.event_id}@{position.partition}:{position.offset}")
         self._sync_event_timers(ctx, event.session_id, timers_before, state)
         self._touch(ctx, state)
-        self._save(state)
+        self._save(event.session_id, state)
         self._add_share(event.session_id, state, counts_before)
         self._flush_redis(ctx)
 
@@ -721,12 +745,12 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             if timestamp & 1:
                 self._on_poll_timer(timestamp, ctx, key)
                 return
-            state = self._load()
+            state = self._load(key)
             timers_before = self._registered_event_timers(ctx, key, state)
             if self._expire_if_stale(key, state):
                 self._sync_event_timers(ctx, key, timers_before, state)
                 self.waiting_by_key.pop(key, None)
-                self._save(state)  # empty now: cleared
+                self._save(key, state)  # empty now: cleared
                 self._flush_redis(ctx)
                 return
             counts_before = state.counts_version
@@ -735,7 +759,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             if len(state.open_events) != open_before:
                 self._touch(ctx, state)  # sessions closed on idle input
         else:
-            state = self._load()
+            state = self._load(key)
             counts_before = state.counts_version
             timers_before = self._registered_event_timers(ctx, key, state)
             watermark_ms = self._watermark(ctx)
@@ -746,7 +770,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             self._touch(ctx, state)
         tracker.prune(state, self._watermark(ctx), self.gap_ms)
         self._sync_event_timers(ctx, key, timers_before, state)
-        self._save(state)
+        self._save(key, state)
         self._add_share(key, state, counts_before)
         self._flush_redis(ctx)
 
@@ -768,9 +792,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 # Cheap, no state round trip; still, not more often than needed.
                 self._register_poll(ctx, max(self.poll_ms, int(self.batch_ms) // 4))
             else:
-                state = self._load()
+                state = self._load(key)
                 self._write_waiting(ctx, key, state)
-                self._save(state)
+                self._save(key, state)
         self._flush_redis(ctx)
 
     def _on_idle_timer(self, ctx: Any, key: str, state: tracker.TrackerState) -> Iterator[Any]:

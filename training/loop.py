@@ -32,7 +32,14 @@ from training.data import (
     dataset_sha256,
     labeled,
 )
-from training.evaluate import EvalSets, evaluate_model, gate, gate_report, load_heldout
+from training.evaluate import (
+    EvalSets,
+    evaluate_model,
+    gate,
+    gate_report,
+    handwritten_dataset,
+    load_heldout,
+)
 from training.pool import PoolSnapshot, PoolStore
 from training.pool_consumer import PoolConsumer
 from training.predictor import Predictor
@@ -201,7 +208,7 @@ def bootstrap(
         "decision": "bootstrap",
         "candidate": evaluate_model(
             Predictor(result.adapter_dir, version=version),
-            EvalSets(heldout=heldout, failure_slice=[]),
+            EvalSets(heldout=heldout, failure_slice=[], handwritten=handwritten_dataset()),
         ),
         "current": None,
     }
@@ -250,6 +257,7 @@ def train_gate_register(
     sets = EvalSets(
         heldout=heldout if heldout is not None else load_heldout(settings.gate),
         failure_slice=candidate.training_set.failure_slice,
+        handwritten=handwritten_dataset(),
     )
     report = evaluate_candidate(
         Predictor(candidate.result.adapter_dir, version=version),
@@ -284,6 +292,10 @@ def train_gate_register(
             "decision": report["decision"],
             "reasons": report["gate"]["reasons"],
             "summary": _gate_summary(report),
+            "handwritten": {
+                side: (report.get(side) or {}).get("handwritten", {}).get("per_slice", {})
+                for side in ("current", "candidate")
+            },
         },
         pointers=registry.pointers().to_dict(),
         training={
