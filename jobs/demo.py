@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,32 @@ def _rate(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "n/a"
 
 
+def _on_terminal() -> bool:
+    """Progress bars update one line in place on a terminal; piped output gets plain lines."""
+    return sys.stderr.isatty()
+
+
 def _produce(events: list[dict[str, Any]], label: str) -> None:
     from tqdm import tqdm
 
     from connectors.producer import EventProducer
 
+    started = time.monotonic()
     with (
         EventProducer() as producer,
-        tqdm(total=len(events), desc=f"    {label}", unit="ev", leave=True) as bar,
+        tqdm(
+            total=len(events),
+            desc=f"    {label}",
+            unit="ev",
+            leave=True,
+            disable=not _on_terminal(),
+        ) as bar,
     ):
         for event in events:
             producer.send(event)
             bar.update(1)
+    if not _on_terminal():
+        _info(f"{label}: {len(events)} events sent in {time.monotonic() - started:.1f} s")
 
 
 def _run_phase(
@@ -73,11 +88,14 @@ def _run_phase(
         client = start_running(ctx, savepoint=None)
     events = sorted((e for s in sessions for e in s), key=lambda e: (e["ts_ms"], e["event_id"]))
     _produce(events, label)
+    if not _on_terminal():
+        _info(f"waiting for the job to catch up (until its input is idle {idle_s:.0f} s)")
     with tqdm(
         total=idle_s,
         desc="    waiting for the job to catch up",
         unit="s",
         bar_format="{desc}: idle {n:.0f}/{total:.0f} s",
+        disable=not _on_terminal(),
     ) as bar:
 
         def progress(idle: float) -> None:
