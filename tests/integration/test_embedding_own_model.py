@@ -13,7 +13,6 @@ this model the English texts are the unreadable ones.
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import time
@@ -23,8 +22,8 @@ from typing import Any
 
 import pytest
 from reference.contract_reference import (
-    COLUMNS,
     ModelSimilarity,
+    assert_rows_equal_reference,
     compute_reference,
     model_similarity,
 )
@@ -131,19 +130,7 @@ def backfill(
 
 
 def _assert_rows_equal_reference(rows: list[dict[str, Any]], reference: Any) -> None:
-    by_key = {(r["session_id"], r["session_start_ms"]): r for r in rows}
-    assert len(by_key) == len(rows), "a session was written twice"
-    assert set(by_key) == set(reference.rows)
-    wrong: collections.Counter[str] = collections.Counter()
-    example: dict[str, Any] = {}
-    for key, row in by_key.items():
-        expected = reference.rows[key]
-        for name in COLUMNS:
-            value = list(row[name]) if name == "reasons" else row[name]
-            if value != expected[name]:
-                wrong[name] += 1
-                example.setdefault(name, (key, value, expected[name]))
-    assert not wrong, f"columns differing from the reference (count, example): {wrong} {example}"
+    assert_rows_equal_reference(rows, reference)
     repeats = {r["session_id"]: r["repeated_question_count"] for r in rows}
     assert repeats["zh-repeat"] == 1, "the paraphrased Chinese question counts as a repeat"
     assert repeats["zh-distinct"] == 0

@@ -12,6 +12,7 @@ Where the contract leaves a choice, the reference follows ``features/README.md``
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import unicodedata
@@ -413,6 +414,25 @@ class ReferenceOutput:
     @property
     def flagged_count(self) -> int:
         return len(self.flagged)
+
+
+def assert_rows_equal_reference(
+    rows: Sequence[Mapping[str, Any]], reference: ReferenceOutput
+) -> None:
+    """Every Parquet row once, the same sessions as the reference, every column equal."""
+    by_key = {(r["session_id"], r["session_start_ms"]): r for r in rows}
+    assert len(by_key) == len(rows), "a session was written twice"
+    assert set(by_key) == set(reference.rows)
+    wrong: collections.Counter[str] = collections.Counter()
+    example: dict[str, Any] = {}
+    for key, row in by_key.items():
+        expected = reference.rows[key]
+        for name in COLUMNS:
+            value = list(row[name]) if name == "reasons" else row[name]
+            if value != expected[name]:
+                wrong[name] += 1
+                example.setdefault(name, (key, value, expected[name]))
+    assert not wrong, f"columns differing from the reference (count, example): {wrong} {example}"
 
 
 def compute_reference(
