@@ -32,7 +32,6 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from features import tracker
 from features.columns import FLAGGED_PARQUET_FIELDS, PARQUET_SCHEMA_FIELDS
 from features.compute import is_negative_feedback
-from jobs.embedding import TextVectorCache
 from jobs.row_types import flink_value, row_type
 from schemas.dlq import build_dlq_message, dlq_message_json
 from schemas.events import Event, Feedback, ParseError, UserMessage
@@ -301,20 +300,27 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self.flagged_max_bytes = settings.flagged_max_message_bytes
         self.bound_ms = self.config.max_out_of_order_ms
         self.idle_ms = self.config.idle_timeout_ms
-        self.embed_delay_ms = max(1, settings.embedding_max_delay_ms)
         self.poll_ms = max(1, settings.embedding_poll_interval_ms)
-        self.embed_batch = settings.embedding_batch_size
-        self.embedder: Any = None
+        # Embedding micro-batches shared by all keys of this subtask (not state:
+        # recomputable); the batching policy is jobs/embedding_batcher.py's.
+        self.batcher: Any = None
         if settings.embedding_enabled:
             from jobs.embedding import EmbeddingProcess
+            from jobs.embedding_batcher import EmbeddingBatcher
 
-            self.embedder = EmbeddingProcess(
+            encoder = EmbeddingProcess(
                 self._python_executable,
                 settings.embedding_model_path,
                 settings.embedding_batch_size,
                 settings.embedding_threads,
                 settings.embedding_backend,
                 settings.embedding_export_dir,
+            )
+            self.batcher = EmbeddingBatcher(
+                encoder,
+                batch_size=settings.embedding_batch_size,
+                max_delay_ms=settings.embedding_max_delay_ms,
+                cache_entries=settings.embedding_cache_entries,
             )
         self.sink: Any = None
         if self._redis_factory is not None:
@@ -343,17 +349,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             .build()
         )
         self.state = runtime_context.get_state(descriptor)
-        # Embedding micro-batch shared by all keys of this subtask (not state: recomputable).
-        self.pending_texts: dict[str, str] = {}
-        self.pending_since_ms = 0
-        # event_id -> text of the batch the child encodes now.
-        self.in_flight: dict[str, str] = {}
-        self.vector_cache: dict[str, bytes] = {}
         # session_id -> its user messages' vectors (see _load).
         self.vectors_by_key: dict[str, dict[str, bytes]] = {}
-        self.text_vectors = TextVectorCache(settings.embedding_cache_entries)
-        self.submitted_at_ms = 0
-        self.batch_ms = 50.0
         # session_id -> its event-time timers as last synced (saves recomputing them).
         self.timers_by_key: dict[str, set[int]] = {}
         # session_id -> user messages whose vectors its Redis hash waits for.
@@ -366,8 +363,8 @@ class SessionFeaturesFunction(KeyedProcessFunction):
     def close(self) -> None:
         if self.sink is not None:
             self.sink.flush_before_close()
-        if self.embedder is not None:
-            self.embedder.close()
+        if self.batcher is not None:
+            self.batcher.close()
 
     def _flush_redis(self, ctx: Any) -> None:
         """Send buffered Redis writes once due; until then a processing timer is pending."""
@@ -462,49 +459,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         finally:
             state.vectors = vectors
 
-    def _harvest(self, *, wait: bool) -> None:
-        """Move the vectors of the batch in flight into the cache once it is done."""
-        if self.embedder is None or not self.in_flight:
-            return
-        if not wait and not self.embedder.ready():
-            return
-        by_text = self.embedder.collect()
-        took_ms = _now_ms() - self.submitted_at_ms
-        self.batch_ms += (took_ms - self.batch_ms) / 5  # moving average of a batch's time
-        for event_id, text in self.in_flight.items():
-            self.vector_cache[event_id] = by_text[text]
-            self.text_vectors.put(text, by_text[text])
-        self.in_flight = {}
-
     def _pump_embeddings(self) -> None:
-        """Collect a finished batch, and send the pending texts of all keys as the next one.
-
-        A batch goes out once it is full or its oldest text has waited
-        ``embedding_max_delay``, and only when the previous one is back: the child
-        encodes while this operator goes on with other events.
-        """
-        if self.embedder is None:
-            return
-        self._harvest(wait=False)
-        if (
-            self.pending_texts
-            and not self.in_flight
-            and (
-                len(self.pending_texts) >= self.embed_batch
-                or _now_ms() - self.pending_since_ms >= self.embed_delay_ms
-            )
-        ):
-            for event_id, text in list(self.pending_texts.items()):
-                known = self.text_vectors.get(text)  # encoded since it was queued
-                if known is not None:
-                    self.vector_cache[event_id] = known
-                    del self.pending_texts[event_id]
-            self.in_flight = dict(self.pending_texts)
-            self.pending_texts.clear()
-            if self.in_flight:
-                # Each distinct text once: chat repeats itself within a batch too.
-                self.embedder.submit(list(dict.fromkeys(self.in_flight.values())))
-                self.submitted_at_ms = _now_ms()
+        if self.batcher is not None:
+            self.batcher.pump(_now_ms())
 
     def _missing_vectors(
         self, state: tracker.TrackerState, events: list[Event]
@@ -515,11 +472,11 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         self, state: tracker.TrackerState, events: list[Event], *, force: bool
     ) -> bool:
         """Move computed vectors into state; with ``force`` encode what is missing now."""
-        if self.embedder is None:
+        if self.batcher is None:
             return True
         missing = self._missing_vectors(state, events)
         for event in missing:
-            cached = self.vector_cache.pop(event.event_id, None)
+            cached = self.batcher.take(event.event_id)
             if cached is not None:
                 state.vectors[event.event_id] = cached
                 waiting = self.waiting_by_key.get(event.session_id)
@@ -529,22 +486,12 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                         del self.waiting_by_key[event.session_id]
         missing = [e for e in missing if e.event_id not in state.vectors]
         if missing and force:
-            self._harvest(wait=True)
-            for event in missing:
-                self.pending_texts.pop(event.event_id, None)
-            missing = [e for e in missing if e.event_id not in self.vector_cache]
-            if missing:
-                texts = sorted({e.text for e in missing})  # each distinct text once
-                by_text = dict(zip(texts, self.embedder.encode_to_bytes(texts), strict=True))
-                for text, vector in by_text.items():
-                    self.text_vectors.put(text, vector)
-                for event in missing:
-                    self.vector_cache[event.event_id] = by_text[event.text]
+            self.batcher.encode_now({e.event_id: e.text for e in missing}, _now_ms())
             return self._collect_vectors(state, events, force=False)
         return not missing
 
     def _embeddings(self, state: tracker.TrackerState, events: list[Event]) -> Any:
-        if self.embedder is None:
+        if self.batcher is None:
             return None
         from jobs.embedding import array_from_bytes, is_unreadable
 
@@ -710,21 +657,13 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 counters["explicit_signals"] = 1
                 if is_negative_feedback(event.kind, event.rating):
                     counters["negative_feedback"] = 1
-            known = (
-                self.text_vectors.get(event.text)
-                if self.embedder is not None and isinstance(event, UserMessage)
-                else None
-            )
-            if known is not None:
-                self.vector_cache[event.event_id] = known  # a repeated text: no encoding
-            elif self.embedder is not None and isinstance(event, UserMessage):
-                if not self.pending_texts:
-                    self.pending_since_ms = _now_ms()
-                self.pending_texts[event.event_id] = event.text
-                if not self._bounded:
+            batcher = self.batcher
+            if batcher is not None and isinstance(event, UserMessage):
+                known = batcher.add(event.event_id, event.text, _now_ms())
+                if not known and not self._bounded:
                     self.waiting_by_key.setdefault(event.session_id, set()).add(event.event_id)
                     # Look when the vectors should be back, not before: each look is a call.
-                    self._register_poll(ctx, self.embed_delay_ms + int(self.batch_ms))
+                    self._register_poll(ctx, batcher.first_look_ms())
             self._register_idle_timer(ctx)
             if self.sink is not None:
                 for session in tracker.open_sessions(state, self.gap_ms):
@@ -787,10 +726,9 @@ class SessionFeaturesFunction(KeyedProcessFunction):
         if waiting:
             # (Membership per id: building a set of the whole batch on every poll of
             # every waiting key took an eighth of the operator's Python time.)
-            pending, in_flight = self.pending_texts, self.in_flight
-            if any(event_id in pending or event_id in in_flight for event_id in waiting):
+            if any(self.batcher.in_encoder(event_id) for event_id in waiting):
                 # Cheap, no state round trip; still, not more often than needed.
-                self._register_poll(ctx, max(self.poll_ms, int(self.batch_ms) // 4))
+                self._register_poll(ctx, self.batcher.next_look_ms(self.poll_ms))
             else:
                 state = self._load(key)
                 self._write_waiting(ctx, key, state)
@@ -809,7 +747,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
             ctx.timer_service().register_processing_time_timer(
                 _even(self.last_input_wall_ms + self.idle_ms + 1)
             )
-        if self.embedder is not None and state.open_events:
+        if self.batcher is not None and state.open_events:
             if key not in self.waiting_by_key and self._missing_vectors(state, state.open_events):
                 # Restored from a checkpoint: the texts in the encoder then were not state.
                 self._write_waiting(ctx, key, state)
