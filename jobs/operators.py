@@ -572,7 +572,7 @@ class SessionFeaturesFunction(KeyedProcessFunction):
                 message = fit_flagged_message(
                     build_flagged_message(session, feats, self.redactor), self.flagged_max_bytes
                 )
-                yield FLAGGED_TAG, Row(row["session_id"], json.dumps(message, ensure_ascii=False))
+                yield FLAGGED_TAG, Row(row["session_id"], message.to_json())
 
     def _register_idle_timer(self, ctx: Any) -> None:
         if not self._bounded:

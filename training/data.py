@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from features.compute import is_negative_feedback
+from schemas.flagged import FlaggedMessage, InvalidFlaggedMessage, TranscriptEntry
 from training.errors import EmptyPoolError, OneClassPoolError, UnknownLabelError
 from training.settings import PoolConfig
 from training.synthetic import LabeledText, normalize
@@ -143,53 +144,44 @@ class SourcePosition:
     offset: int = -1
 
 
-def _negative(feedback: Mapping[str, Any]) -> bool:
-    return is_negative_feedback(feedback.get("kind"), feedback.get("rating"))
-
-
 def validate_flagged(message: Any) -> str | None:
-    """None when the message has what the pool needs, else why not."""
-    if not isinstance(message, Mapping):
-        return "not a JSON object"
-    if not isinstance(message.get("session_id"), str) or not message["session_id"]:
-        return "session_id missing or not a string"
-    if not isinstance(message.get("transcript"), list):
-        return "transcript missing or not a list"
-    if not isinstance(message.get("feedback", []), list):
-        return "feedback is not a list"
-    for turn in message["transcript"]:
-        if not isinstance(turn, Mapping) or not isinstance(turn.get("text", ""), str):
-            return "transcript entry is not an object with a text"
+    """None when the decoded message is one the pool can use, else why not."""
+    try:
+        FlaggedMessage.from_dict(message)
+    except InvalidFlaggedMessage as exc:
+        return str(exc)
     return None
 
 
 def extract_samples(
-    message: Mapping[str, Any],
+    message: FlaggedMessage | Mapping[str, Any],
     config: PoolConfig,
     label_set: Sequence[str],
     *,
     source: SourcePosition = SourcePosition(),
     now_ms: int = 0,
 ) -> Extracted:
-    """Pool samples and edit pairs of one (valid) flagged-session message."""
-    session_id = str(message["session_id"])
-    reasons = tuple(str(r) for r in message.get("reasons") or ())
-    features = message.get("features") or {}
-    ordered = int(features.get("order_count") or 0) > 0
-    feedback = [f for f in message.get("feedback") or [] if isinstance(f, Mapping)]
+    """Pool samples and edit pairs of one flagged-session message.
+
+    A decoded JSON object is read with ``FlaggedMessage.from_dict`` first (it raises
+    ``InvalidFlaggedMessage`` for one the pool cannot use).
+    """
+    if not isinstance(message, FlaggedMessage):
+        message = FlaggedMessage.from_dict(message)
+    session_id = message.session_id
+    ordered = int(message.features.get("order_count") or 0) > 0
     corrections: dict[str, str] = {}
     negative_requests: set[str] = set()
     edits_by_request: dict[str, str] = {}
-    for item in feedback:
-        request_id = item.get("request_id")
-        if not request_id:
+    for item in message.feedback:
+        if not item.request_id:
             continue
-        if _negative(item):
-            negative_requests.add(str(request_id))
-        if item.get("kind") == "correction" and item.get("corrected_intent"):
-            corrections[str(request_id)] = str(item["corrected_intent"])
-        if item.get("kind") == "edit" and item.get("corrected_text"):
-            edits_by_request[str(request_id)] = str(item["corrected_text"])
+        if is_negative_feedback(item.kind, item.rating):
+            negative_requests.add(item.request_id)
+        if item.kind == "correction" and item.corrected_intent:
+            corrections[item.request_id] = item.corrected_intent
+        if item.kind == "edit" and item.corrected_text:
+            edits_by_request[item.request_id] = item.corrected_text
 
     common: dict[str, Any] = {
         "source_topic": source.topic,
@@ -199,21 +191,16 @@ def extract_samples(
     }
     samples: list[PoolSample] = []
     edits: list[EditPair] = []
-    transcript = [t for t in message["transcript"] if isinstance(t, Mapping)]
+    transcript = message.transcript
     for index, turn in enumerate(transcript):
-        role = turn.get("role")
-        request_id = turn.get("request_id")
-        if role == "user" and turn.get("predicted_intent"):
-            ts_ms = int(turn.get("ts_ms") or 0)
+        request_id = turn.request_id
+        if turn.role == "user" and turn.predicted_intent:
             # A message without request_id still gets a stable key: its position.
-            key = str(request_id) if request_id else f"@{ts_ms}:{index}"
-            confidence = turn.get("intent_confidence")
-            confidence = float(confidence) if isinstance(confidence, int | float) else None
-            predicted = str(turn["predicted_intent"])
+            key = request_id if request_id else f"@{turn.ts_ms}:{index}"
             label, source_name, quality, note = _label(
                 key,
-                predicted,
-                confidence,
+                turn.predicted_intent,
+                turn.intent_confidence,
                 corrections,
                 negative_requests,
                 ordered,
@@ -224,43 +211,49 @@ def extract_samples(
                 PoolSample(
                     session_id=session_id,
                     request_id=key,
-                    text=str(turn.get("text") or ""),
-                    predicted_intent=predicted,
-                    confidence=confidence,
-                    reasons=reasons,
-                    model_version=str(message.get("model_version") or ""),
+                    text=turn.text,
+                    predicted_intent=turn.predicted_intent,
+                    confidence=turn.intent_confidence,
+                    reasons=message.reasons,
+                    model_version=message.model_version,
                     label=label,
                     label_source=source_name,
                     quality=quality,
                     note=note,
-                    user_id=str(message.get("user_id") or ""),
-                    session_start_ms=int(message.get("session_start_ms") or 0),
-                    ts_ms=ts_ms,
+                    user_id=message.user_id,
+                    session_start_ms=message.session_start_ms,
+                    ts_ms=turn.ts_ms,
                     **common,
                 )
             )
-        elif role == "assistant" and request_id and str(request_id) in edits_by_request:
+        elif turn.role == "assistant" and request_id and request_id in edits_by_request:
             context = transcript[max(0, index - config.edit_context_turns) : index]
             edits.append(
                 EditPair(
                     session_id=session_id,
-                    request_id=str(request_id),
+                    request_id=request_id,
                     prompt=format_prompt(context),
-                    response=str(turn.get("text") or ""),
-                    corrected_response=edits_by_request[str(request_id)],
-                    model_version=str(message.get("model_version") or ""),
+                    response=turn.text,
+                    corrected_response=edits_by_request[request_id],
+                    model_version=message.model_version,
                     **common,
                 )
             )
     return Extracted(samples=samples, edits=edits)
 
 
-def format_prompt(turns: Sequence[Mapping[str, Any]]) -> str:
+def format_prompt(turns: Sequence[TranscriptEntry | Mapping[str, Any]]) -> str:
     """Dialogue turns as the causal LM sees them, ending where the assistant answers."""
     lines = []
+    role: Any
+    text: Any
     for turn in turns:
-        speaker = "User" if turn.get("role") == "user" else "Assistant"
-        lines.append(f"{speaker}: {turn.get('text') or ''}")
+        if isinstance(turn, TranscriptEntry):
+            role, text = turn.role, turn.text
+        else:
+            role, text = turn.get("role"), turn.get("text")
+        speaker = "User" if role == "user" else "Assistant"
+        lines.append(f"{speaker}: {text or ''}")
     lines.append("Assistant:")
     return "\n".join(lines)
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from connectors.settings import KafkaSettings
 from features.flagged import redact_flagged_message
+from schemas.flagged import FlaggedMessage, InvalidFlaggedMessage
 from training.data import (
     EditPair,
     PoolSample,
     SourcePosition,
     extract_samples,
     pool_counts,
-    validate_flagged,
 )
 from training.online import record_pool_added, write_pool_counts
 from training.pool import PoolStore
@@ -216,13 +216,15 @@ class PoolConsumer:
         now = self.clock_ms()
         for offset, value in batch:
             raw = value.decode("utf-8", errors="replace") if value is not None else ""
-            problem: str | None
+            problem: str | None = None
+            message: FlaggedMessage | None = None
             try:
-                message = json.loads(raw)
-                problem = validate_flagged(message)
+                message = FlaggedMessage.from_dict(json.loads(raw))
+            except InvalidFlaggedMessage as exc:
+                problem = str(exc)
             except ValueError as exc:
-                message, problem = None, f"invalid JSON: {exc}"
-            if problem is not None:
+                problem = f"invalid JSON: {exc}"
+            if message is None:
                 rejected.append(
                     {
                         "reason": "invalid_flagged_message",
@@ -235,7 +237,7 @@ class PoolConsumer:
                     }
                 )
                 continue
-            if self._deny_list.denies(str(message.get("user_id") or "")):
+            if self._deny_list.denies(message.user_id):
                 self._report.denied += 1
                 continue
             extracted = extract_samples(

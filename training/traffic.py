@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from schemas.flagged import FlaggedMessage
 from training.synthetic import LabeledText, core_utterances, weak_slice_utterances
 
 _ANSWERS = {
@@ -149,7 +150,7 @@ def simulate_sessions(
 
 def flagged_messages(
     sessions: Sequence[Sequence[Any]], *, feature_config: Any = None, rules: Any = None
-) -> list[dict[str, Any]]:
+) -> list[FlaggedMessage]:
     """Contract section 5 messages of the sessions the (default) rules flag."""
     from features import FeatureConfig, RuleSet, build_flagged_message, compute_features
 
@@ -165,7 +166,7 @@ def flagged_messages(
 
 def flagged_session_messages(
     predict: Callable[[list[str]], Sequence[Any]], *, model_version: str, **kwargs: Any
-) -> list[dict[str, Any]]:
+) -> list[FlaggedMessage]:
     """``flagged_messages(simulate_sessions(...))`` in one call."""
     return flagged_messages(simulate_sessions(predict, model_version=model_version, **kwargs))
 

@@ -96,7 +96,7 @@ def run(topic: str, sessions_expected: int, prefix: str, parquet_out: str | None
             if features.flagged:
                 counters["sessions_flagged"] += 1
                 message = build_flagged_message(events, features)
-                producer.produce(f"{topic}-flagged", json.dumps(message).encode(), key=sid.encode())
+                producer.produce(f"{topic}-flagged", message.to_json().encode(), key=sid.encode())
         pipe.hset(f"{prefix}stats:total", mapping={k: str(v) for k, v in counters.items()})
         pipe.execute()
         producer.poll(0)

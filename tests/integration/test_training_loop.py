@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from schemas.flagged import FlaggedMessage
 from training.classifier import Predictor
 from training.loop import run_loop, train_gate_register
 from training.pool import PoolStore
@@ -69,7 +70,7 @@ def _loop(world: dict[str, Any], **kwargs: Any) -> Any:
     )
 
 
-def _produce_flagged(world: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+def _produce_flagged(world: dict[str, Any], messages: list[FlaggedMessage]) -> None:
     from confluent_kafka import Producer
 
     producer = Producer(
@@ -82,7 +83,7 @@ def _produce_flagged(world: dict[str, Any], messages: list[dict[str, Any]]) -> N
     producer.begin_transaction()
     for message in messages:
         producer.produce(
-            world["topic"], key=message["session_id"].encode(), value=json.dumps(message).encode()
+            world["topic"], key=message.session_id.encode(), value=message.to_json().encode()
         )
     producer.commit_transaction(30)
 

@@ -204,7 +204,7 @@ def test_features_package_agrees_with_the_reference() -> None:
         assert row == expected
         if row["flagged"]:
             assert (
-                build_flagged_message(session, features)
+                build_flagged_message(session, features).to_dict()
                 == reference.flagged[(row["session_id"], row["session_start_ms"])]
             )
         seen += 1

@@ -19,6 +19,7 @@ from schemas import (
     UserMessage,
     validation_errors,
 )
+from schemas.flagged import FlaggedMessage
 
 T0 = 1_700_000_000_000
 
@@ -46,7 +47,7 @@ def test_flagged_message_shape_and_content() -> None:
     events = conversation()
     features = compute_features(events, FeatureConfig(), RuleSet.default())
     assert features.flagged
-    message = build_flagged_message(list(reversed(events)) + events[:2], features)
+    message = build_flagged_message(list(reversed(events)) + events[:2], features).to_dict()
     assert validation_errors("flagged_session.v1", message) == []
     assert list(message) == [
         "session_id", "user_id", "session_start_ms", "session_end_ms", "reasons",
@@ -80,7 +81,7 @@ def test_flagged_message_keeps_only_the_sessions_events() -> None:
     features = compute_features(events, FeatureConfig(), RuleSet.default())
     later_session = UserMessage(**env(8, 2 * 3_600_000), text="new visit")
     other_session = UserMessage(**env(9, 1_000, session_id="s-2"), text="someone else")
-    message = build_flagged_message([*events, later_session, other_session], features)
+    message = build_flagged_message([*events, later_session, other_session], features).to_dict()
     assert [t["text"] for t in message["transcript"]] == [
         "Do you have red shoes?", "Here are blue shoes.", "That's not what I asked",
     ]  # fmt: skip
@@ -95,7 +96,7 @@ def _big_session(texts: list[str]) -> list[Event]:
     return events
 
 
-def _flagged(events: list[Event]) -> dict[str, object]:
+def _flagged(events: list[Event]) -> FlaggedMessage:
     features = compute_features(events, FeatureConfig(), RuleSet.default())
     assert features.flagged
     return build_flagged_message(events, features)
@@ -106,7 +107,7 @@ def test_a_message_that_fits_is_left_unchanged() -> None:
         conversation(), compute_features(conversation(), FeatureConfig(), RuleSet.default())
     )
     assert fit_flagged_message(message, 1_000_000) is message
-    assert "truncated_texts" not in message
+    assert "truncated_texts" not in message.to_dict()
 
 
 def test_long_texts_are_cut_to_one_common_cap_that_fits() -> None:
@@ -114,17 +115,19 @@ def test_long_texts_are_cut_to_one_common_cap_that_fits() -> None:
     message = _flagged(_big_session(texts))
     assert message_size_bytes(message) > 1_000_000
 
-    fitted = fit_flagged_message(message, 1_000_000)
+    fitted_message = fit_flagged_message(message, 1_000_000)
 
-    size = message_size_bytes(fitted)
+    size = message_size_bytes(fitted_message)
+    fitted, original = fitted_message.to_dict(), message.to_dict()
     cut = fitted["truncated_texts"]
     assert size <= 1_000_000
     assert size + cut > 1_000_000  # one more character per cut text would not fit
     assert cut == 41  # 40 long user texts and the corrected text; short ones stay whole
     assert [e["text"] for e in fitted["transcript"]][-2:] == ["short question", "ok"]
-    pairs = zip(fitted["transcript"], message["transcript"], strict=True)
+    pairs = zip(fitted["transcript"], original["transcript"], strict=True)
     assert all(m["text"] == o["text"][: len(m["text"])] for m, o in pairs)
-    assert fitted["features"] == message["features"] and fitted["reasons"] == message["reasons"]
+    assert fitted["features"] == original["features"]
+    assert fitted["reasons"] == original["reasons"]
     assert "omitted_transcript_entries" not in fitted
     assert validation_errors("flagged_session.v1", fitted) == []
 
@@ -132,12 +135,13 @@ def test_long_texts_are_cut_to_one_common_cap_that_fits() -> None:
 def test_when_empty_texts_do_not_fit_the_latest_entries_are_kept() -> None:
     message = _flagged(_big_session([f"q{n}" for n in range(3_000)]))
 
-    fitted = fit_flagged_message(message, 60_000)
+    fitted_message = fit_flagged_message(message, 60_000)
 
-    assert message_size_bytes(fitted) <= 60_000
+    assert message_size_bytes(fitted_message) <= 60_000
+    fitted, original = fitted_message.to_dict(), message.to_dict()
     omitted = fitted["omitted_transcript_entries"]
     assert omitted > 0
     assert fitted["transcript"] == [
-        {**entry, "text": ""} for entry in message["transcript"][omitted:]
+        {**entry, "text": ""} for entry in original["transcript"][omitted:]
     ]
     assert validation_errors("flagged_session.v1", fitted) == []

@@ -96,7 +96,7 @@ def test_simulated_traffic_yields_contract_flagged_messages() -> None:
     sessions = simulate_sessions(
         _Oracle().predict, model_version="intent-v1", seed=5, sessions=60, edit_rate=0.2
     )
-    messages = flagged_messages(sessions)
+    messages = [m.to_dict() for m in flagged_messages(sessions)]
     assert 0 < len(messages) <= 60
     schema = load_schema("flagged_session.v1")
     registry_schema = load_schema("feature_row.v1")
