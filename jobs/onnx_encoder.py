@@ -88,16 +88,13 @@ def export_int8(model_path: Path, export_dir: Path) -> Path:
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=export_dir))
     root_logger = logging.getLogger()
     level = root_logger.level
-    quiet: Any = None
     try:
         fp32 = work / "fp32.onnx"
         # torch's tracer warnings are about its internals, onnxruntime's root-logger line
         # suggests a pre-processing step that does not apply to dynamic quantization.
-        quiet = warnings.catch_warnings()
-        quiet.__enter__()
-        warnings.simplefilter("ignore")
         root_logger.setLevel(logging.ERROR)
-        with torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
                 tuple(sample[name] for name in input_names),
@@ -110,13 +107,13 @@ def export_int8(model_path: Path, export_dir: Path) -> Path:
                 opset_version=17,
                 dynamo=False,
             )
-        quantize_dynamic(
-            str(fp32),
-            str(work / "model.onnx"),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul"],
-        )
+            quantize_dynamic(
+                str(fp32),
+                str(work / "model.onnx"),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+            )
         fp32.unlink()
         tokenizer.backend_tokenizer.save(str(work / "tokenizer.json"))
         meta = {
@@ -137,8 +134,6 @@ def export_int8(model_path: Path, export_dir: Path) -> Path:
             if not (target / "export.json").exists():
                 raise
     finally:
-        if quiet is not None:
-            quiet.__exit__(None, None, None)
         root_logger.setLevel(level)
         shutil.rmtree(work, ignore_errors=True)
     return target
